@@ -1,0 +1,37 @@
+# One entry point for set-up, tests and the demo; every target creates .venv on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# pytest workers: the CI machine has 2 cores.
+JOBS ?= 2
+
+.PHONY: venv test test-slow test-all lint demo bench clean
+
+$(BIN)/kdcache: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(BIN)/kdcache
+
+venv: $(BIN)/kdcache
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n $(JOBS) -q
+
+test-slow: venv
+	$(BIN)/python -m pytest -n $(JOBS) -q -m slow
+
+test-all: venv
+	$(BIN)/python -m pytest -n $(JOBS) -q -m 'slow or not slow'
+
+lint: venv
+	$(BIN)/ruff check .
+
+demo: venv
+	$(BIN)/kdcache demo --out demo-out
+
+bench: venv
+	$(BIN)/python benchmarks/view_engine.py
+
+clean:
+	rm -rf demo-out .pytest_cache

@@ -1,0 +1,43 @@
+"""The ``kdcache`` command line. Each sub-command lives in its own module and is imported lazily,
+so ``kdcache --help`` stays fast and a broken optional dependency only affects its command."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from kdcache import __version__
+
+# name -> "module:function"
+COMMANDS: dict[str, str] = {
+    "preview": "kdcache.cli.preview:preview",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="kdcache")
+def cli() -> None:
+    """kdcache: run the teacher once, offline, on exactly the views every student will replay.
+
+    \b
+    Typical use:
+      kdcache build --teacher beit_base --data /data/imagenet/train --out cache/
+      kdcache train --student resnet50 --cache cache/ --out runs/r50
+    """
+
+
+def main() -> None:
+    cli(prog_name="kdcache")

@@ -1,0 +1,167 @@
+"""The view engine: epoch plan + samplers + renderer over a data source. Shared by build and train."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kdcache.data.rgb import to_rgb
+from kdcache.data.source import ImageSource
+from kdcache.recipe import AugmentConfig
+from kdcache.views import params as P
+from kdcache.views.plan import EpochPlan, make_epoch_plan
+from kdcache.views.render import digest, mix_pair, render_image
+from kdcache.views.sampling import (
+    image_generator,
+    mix_generator,
+    ra_spec,
+    sample_image_params,
+    sample_mix_params,
+)
+
+
+@dataclass(frozen=True)
+class RenderedPair:
+    """The two output views of mixing pair ``pair`` (slots 2*pair and 2*pair + 1)."""
+
+    epoch: int
+    pair: int
+    sample_ids: np.ndarray  # int64 (2,)
+    repeats: np.ndarray  # uint8 (2,)
+    labels: np.ndarray  # int64 (2,): label of each output's base image; partner = the other
+    images: np.ndarray  # uint8 (2, S, S, 3)
+    records: np.ndarray  # uint16 (2, record_width)
+    digests: np.ndarray  # uint64 (2,)
+    params: tuple[P.ViewParams, P.ViewParams]
+
+    @property
+    def slots(self) -> tuple[int, int]:
+        return 2 * self.pair, 2 * self.pair + 1
+
+
+class ReplayError(ValueError):
+    """Stored params cannot be replayed (malformed, or inconsistent within a pair)."""
+
+
+class ViewEngine:
+    def __init__(self, source: ImageSource, augment: AugmentConfig, seed: int):
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        self.source = source
+        self.augment = augment
+        self.seed = int(seed)
+        self.spec = ra_spec(augment)
+        self.n_ops = 0 if self.spec is None else self.spec.num_layers
+
+    @property
+    def record_width(self) -> int:
+        return P.record_width(self.n_ops)
+
+    @cached_property
+    def num_samples(self) -> int:
+        return len(self.source)
+
+    def plan(self, epoch: int) -> EpochPlan:
+        return make_epoch_plan(self.seed, epoch, self.num_samples, self.augment.repeats)
+
+    def _load(self, sample_id: int):
+        return to_rgb(self.source.open(sample_id))
+
+    def sample_pair(self, epoch: int, pair: int) -> tuple[P.ViewParams, P.ViewParams]:
+        """Params of both outputs of a pair (reads image headers for their sizes)."""
+        plan = self.plan(epoch)
+        s0, s1 = plan.pair_slots(pair)
+        ims = [self.source.open(int(plan.sample_ids[s])) for s in (s0, s1)]
+        return self._sample(plan, pair, [im.size for im in ims])
+
+    def _sample(self, plan: EpochPlan, pair: int, sizes) -> tuple[P.ViewParams, P.ViewParams]:
+        mix = sample_mix_params(mix_generator(self.seed, plan.epoch, pair), self.augment.image_size, self.augment)
+        out = []
+        for slot, (w, h) in zip(plan.pair_slots(pair), sizes, strict=True):
+            g = image_generator(self.seed, plan.epoch, int(plan.sample_ids[slot]), int(plan.repeats[slot]))
+            out.append(P.ViewParams(sample_image_params(g, w, h, self.augment, self.spec), mix))
+        return out[0], out[1]
+
+    def render_pair(self, epoch: int, pair: int, records: np.ndarray | None = None) -> RenderedPair:
+        """Sample (records=None) or replay stored records (uint16 (2, record_width)) and render."""
+        plan = self.plan(epoch)
+        s0, s1 = plan.pair_slots(pair)
+        ids = plan.sample_ids[[s0, s1]].astype(np.int64)
+        ims = [self._load(int(i)) for i in ids]
+        if records is None:
+            params = self._sample(plan, pair, [im.size for im in ims])
+        else:
+            params = self.decode_pair(records)
+        size = self.augment.image_size
+        base = [render_image(im, p.image, size, self.spec) for im, p in zip(ims, params, strict=True)]
+        oa, ob = mix_pair(base[0], base[1], params[0].mix)
+        images = np.stack([oa, ob])
+        return RenderedPair(
+            epoch=epoch,
+            pair=pair,
+            sample_ids=ids,
+            repeats=plan.repeats[[s0, s1]].astype(np.uint8),
+            labels=np.array([self.source.label(int(i)) for i in ids], dtype=np.int64),
+            images=images,
+            records=np.stack([P.encode(p, self.n_ops) for p in params]),
+            digests=np.array([digest(oa), digest(ob)], dtype=np.uint64),
+            params=params,
+        )
+
+    def decode_pair(self, records: np.ndarray) -> tuple[P.ViewParams, P.ViewParams]:
+        records = np.asarray(records)
+        if records.shape != (2, self.record_width):
+            raise ReplayError(f"pair records have shape {records.shape}, expected (2, {self.record_width})")
+        try:
+            a, b = (P.decode(r, self.n_ops, self.augment.image_size) for r in records)
+        except P.ParamDecodeError as e:
+            raise ReplayError(str(e)) from e
+        if a.mix != b.mix:
+            raise ReplayError(f"the two views of a pair disagree on the mix: {a.mix} vs {b.mix}")
+        return a, b
+
+
+class PairDataset(Dataset):
+    """Torch dataset over the mixing pairs of one epoch; item i is pair ``pairs[i]``.
+
+    Every item is a pure function of (engine config, epoch, pair), so any number of DataLoader
+    workers, in any order, yields the same views.
+    """
+
+    def __init__(
+        self, engine: ViewEngine, epoch: int, pairs: Sequence[int] | None = None, records: np.ndarray | None = None
+    ):
+        self.engine = engine
+        self.epoch = epoch
+        n = engine.plan(epoch).num_pairs
+        self.pairs = np.arange(n) if pairs is None else np.asarray(pairs, dtype=np.int64)
+        # records: optional uint16 (num_slots, width) of the whole epoch, to replay instead of sample.
+        self.records = records
+
+    def __len__(self) -> int:
+        return int(self.pairs.shape[0])
+
+    def __getitem__(self, i: int) -> RenderedPair:
+        pair = int(self.pairs[i])
+        rec = None if self.records is None else self.records[2 * pair : 2 * pair + 2]
+        return self.engine.render_pair(self.epoch, pair, rec)
+
+
+def collate_pairs(batch: list[RenderedPair]) -> dict[str, object]:
+    """Flatten pairs into views in slot order; images become one uint8 NHWC tensor."""
+    return {
+        "epoch": batch[0].epoch,
+        "pairs": np.array([b.pair for b in batch], dtype=np.int64),
+        "slots": np.array([s for b in batch for s in b.slots], dtype=np.int64),
+        "sample_ids": np.concatenate([b.sample_ids for b in batch]),
+        "repeats": np.concatenate([b.repeats for b in batch]),
+        "labels": np.concatenate([b.labels for b in batch]),
+        "images": torch.from_numpy(np.concatenate([b.images for b in batch])),
+        "records": np.concatenate([b.records for b in batch]),
+        "digests": np.concatenate([b.digests for b in batch]),
+    }

@@ -1,0 +1,30 @@
+"""Counter-based random generators keyed by what a draw is *for*, never by call order.
+
+Every random choice in kdcache comes from ``keyed_generator(seed, domain, ...)``: a Philox generator
+whose key is derived (through ``SeedSequence``) from the seed, a domain tag and integer coordinates
+such as (epoch, sample_id, repeat). Two processes, or two DataLoader workers, asking for the same
+key get the same stream, whatever they computed before. No global RNG state is read or written.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+
+class Domain(IntEnum):
+    """Separates streams that share coordinates (e.g. epoch plan vs. per-image params)."""
+
+    PLAN = 1
+    IMAGE = 2
+    MIX = 3
+    CHECK = 4  # sampling which views to re-check (replay checks, verify)
+
+
+def keyed_generator(seed: int, domain: Domain, *coords: int) -> np.random.Generator:
+    """A fresh generator for one key; pure function of its arguments."""
+    if seed < 0 or any(c < 0 for c in coords):
+        raise ValueError(f"seed and coordinates must be non-negative, got seed={seed} coords={coords}")
+    entropy = [int(seed), int(domain), *(int(c) for c in coords)]
+    return np.random.Generator(np.random.Philox(np.random.SeedSequence(entropy)))
