@@ -14,3 +14,28 @@ def parse_slots(text: str) -> tuple[int, int]:
     if a < 0 or b <= a:
         raise click.BadParameter(f"expected 0 <= A < B, got {text!r}")
     return a, b
+
+
+def is_user_error(e: BaseException) -> bool:
+    """kdcache's own exception types carry messages meant for the user; OS errors (missing file,
+    full disk, permissions) are the user's environment. Anything else is a bug: keep its traceback."""
+    return type(e).__module__.startswith("kdcache") or isinstance(e, OSError)
+
+
+def fail_cleanly(fn):
+    """Report user errors as one clean line with exit status 1 instead of a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except Exception as e:
+            if not is_user_error(e):
+                raise
+            msg = str(e) if type(e).__module__.startswith("kdcache") else f"{type(e).__name__}: {e}"
+            raise click.ClickException(msg) from e
+
+    return wrapper

@@ -12,6 +12,8 @@ from kdcache import __version__
 # name -> "module:function"
 COMMANDS: dict[str, str] = {
     "preview": "kdcache.cli.preview:preview",
+    "build": "kdcache.cli.build:build",
+    "verify": "kdcache.cli.verify:verify",
 }
 
 

@@ -1,0 +1,105 @@
+"""``kdcache build`` end to end: resolve inputs, open or resume the store, run this rank's units."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kdcache.data.wds_source import open_source
+from kdcache.recipe import load_recipe
+from kdcache.teacher_cache.build import TeacherRunner, run_units
+from kdcache.teacher_cache.build_config import BuildConfig
+from kdcache.teacher_cache.classmap import class_map
+from kdcache.teacher_cache.distributed import close_world, init_world
+from kdcache.teacher_cache.teacher import create_teacher
+from kdcache.teacher_cache.units import all_units, assign
+from kdcache.views import ViewEngine
+from kdcache.views.plan import num_slots_for
+
+
+def resolve_recipe(cfg: BuildConfig):
+    recipe = load_recipe(cfg.recipe)
+    changes = {}
+    if cfg.image_size is not None:
+        changes["image_size"] = cfg.image_size
+    if cfg.repeats is not None:
+        changes["repeats"] = cfg.repeats
+    return recipe.replace_augment(**changes) if changes else recipe
+
+
+def data_location(spec: str) -> str:
+    """Absolute form of --data, recorded so train/verify can find the images again."""
+    return spec if ".tar" in spec and not Path(spec).is_dir() else str(Path(spec).resolve())
+
+
+def run_build(cfg: BuildConfig) -> str:
+    from kdcache.teacher_cache.store import create_or_open_writer, make_manifest
+
+    world = init_world(cfg.device)
+    try:
+        recipe = resolve_recipe(cfg)
+        source = open_source(cfg.data)
+        model, tinfo = create_teacher(cfg.teacher, cfg.teacher_weights)
+        cmap = class_map(source.classes, model)
+        engine = ViewEngine(source, recipe.augment, cfg.seed)
+        num_slots = num_slots_for(len(source))
+        unit_size = min(cfg.unit_size, num_slots)
+        manifest = make_manifest(
+            backend=cfg.backend,
+            teacher=tinfo.to_dict(),
+            recipe=recipe.to_dict(),
+            seed=cfg.seed,
+            topk=cfg.topk,
+            class_names=list(cmap.class_names),
+            dataset={
+                "fingerprint": source.fingerprint,
+                "num_samples": len(source),
+                "source": data_location(cfg.data),
+                "kind": type(source).__name__,
+                "classes": source.classes,
+                "to_teacher": list(cmap.to_teacher),
+            },
+            epochs_planned=cfg.epochs,
+            num_slots=num_slots,
+            unit_size=unit_size,
+            record_width=engine.record_width,
+        )
+        # Rank 0 creates (or checks) the store first, so the others only ever open a valid one.
+        if world.is_main:
+            writer = create_or_open_writer(cfg.out, manifest)
+        world.barrier()
+        if not world.is_main:
+            writer = create_or_open_writer(cfg.out, manifest)
+        completed = writer.completed_units()
+        mine = assign(all_units(cfg.epochs, num_slots, unit_size), world.rank, world.size)
+        pending = [u for u in mine if (u.epoch, u.index) not in completed]
+        runner = TeacherRunner(model, tinfo.mean, tinfo.std, cfg)
+        class_dtype = np.dtype(np.int16 if tinfo.num_classes <= 32767 else np.int32)
+        stats = run_units(engine, runner, pending, writer.write_unit_arrays, class_dtype, cfg, world)
+        world.barrier()
+        if not world.is_main:
+            return ""
+        writer.finalize()
+        return _summary(cfg, writer, stats, len(mine) - len(pending), world.size)
+    finally:
+        close_world(world)
+
+
+def _summary(cfg: BuildConfig, writer, stats, skipped: int, world_size: int) -> str:
+    from kdcache.teacher_cache.store import open_cache
+
+    reader = open_cache(cfg.out)
+    views = reader.num_views()
+    on_disk = reader.bytes_on_disk()
+    lines = [
+        f"kdcache build finished: {os.path.abspath(cfg.out)} ({cfg.backend})",
+        f"  teacher        {cfg.teacher}",
+        f"  epochs         {sorted(reader.epochs_complete)} complete of {cfg.epochs} planned",
+        f"  this run       {stats.views} views in {stats.seconds:.1f} s = {stats.views_per_s:.1f} views/s"
+        f" (rank 0 of {world_size}); teacher forward {100 * stats.teacher_share:.0f}% of the time",
+        f"  resumed        {skipped} unit(s) of rank 0 were already complete" if skipped else "",
+        f"  cache          {views} views, {on_disk / 1e6:.2f} MB, {on_disk / max(views, 1):.1f} B/view",
+    ]
+    return "\n".join(line for line in lines if line)

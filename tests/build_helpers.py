@@ -1,0 +1,63 @@
+"""Small real datasets and tiny teachers for build/train tests (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_dataset(root: Path, classes: list[str], per_class: int, seed: int = 0) -> Path:
+    """Real photo crops (scikit-learn's sample images) of varied sizes, one folder per class."""
+    imgs = load_sample_images().images
+    g = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            src = imgs[(c + i) % len(imgs)]
+            h, w = int(g.integers(40, 90)), int(g.integers(40, 90))
+            y, x = int(g.integers(0, src.shape[0] - 2 * h)), int(g.integers(0, src.shape[1] - 2 * w))
+            Image.fromarray(np.ascontiguousarray(src[y : y + 2 * h : 2, x : x + 2 * w : 2])).save(
+                d / f"img{i:03d}.jpg", quality=90
+            )
+    return root
+
+
+def write_teacher(path: Path, num_classes: int, arch: str = "test_resnet", seed: int = 0) -> Path:
+    """A tiny timm model at a seeded random init, saved in timm's key layout."""
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def run_cli(
+    *args: str, check: bool = True, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdcache", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kdcache {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def cache_info(path: Path) -> dict:
+    return json.loads(run_cli("info", str(path), "--json").stdout)
