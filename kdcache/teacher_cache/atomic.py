@@ -1,0 +1,79 @@
+"""Crash-safe file primitives: a file appears under its final name only once its bytes are durable.
+
+Temporary names start with a dot and contain ``.tmp-``; readers ignore such names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+def temp_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(".")
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes renames inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
+    """Write ``data`` to ``path`` all-or-nothing.
+
+    exclusive=True never replaces an existing file: returns False (and writes nothing) if ``path``
+    exists, which makes it a safe "first writer wins" between processes.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            try:
+                os.link(tmp, path)  # unlike rename, link fails if the target exists
+            except FileExistsError:
+                return False
+        else:
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_path(path.parent)
+    return True
+
+
+def publish_dir(tmp: Path, path: Path) -> bool:
+    """Move a fully built directory into place; False (and ``tmp`` removed) if ``path`` already exists."""
+    try:
+        os.rename(tmp, path)  # fails with ENOTEMPTY/EEXIST when another process got there first
+    except OSError:
+        if not path.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    fsync_path(path.parent)
+    return True
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of all regular files under ``root`` (what the cache costs on disk, headers included)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
