@@ -14,6 +14,9 @@ COMMANDS: dict[str, str] = {
     "preview": "kdcache.cli.preview:preview",
     "build": "kdcache.cli.build:build",
     "verify": "kdcache.cli.verify:verify",
+    "info": "kdcache.cli.info:info",
+    "show": "kdcache.cli.show:show",
+    "export": "kdcache.cli.export:export",
 }
 
 

@@ -1,0 +1,41 @@
+"""``kdcache export``: copy a cache into the other backend; the content digest stays the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kdcache.cli.common import fail_cleanly
+
+
+@click.command()
+@click.argument("cache", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(["zarr", "wds"]), help="Backend to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="New (or partly exported) directory.")
+@click.option("--no-check", is_flag=True, help="Skip comparing the content digests of source and copy.")
+@fail_cleanly
+def export(cache: Path, fmt: str, out: Path, no_check: bool) -> None:
+    """Convert CACHE to the zarr (random access) or wds (streaming) backend.
+
+    Only committed units are copied; rerunning an interrupted export resumes it.
+    """
+    from kdcache.teacher_cache.store import create_or_open_writer, open_cache
+
+    src = open_cache(cache)
+    if out.resolve() == Path(cache).resolve():
+        raise click.BadParameter("--out must differ from CACHE", param_hint="--out")
+    writer = create_or_open_writer(out, src.manifest.replace(epochs_complete=()), backend=fmt)
+    done = writer.completed_units()
+    todo = sorted(src.completed_units() - done)
+    with click.progressbar(todo, label=f"export to {fmt}", file=click.get_text_stream("stderr")) as bar:
+        for epoch, unit in bar:
+            writer.write_unit(epoch, unit, src.read_unit(epoch, unit))
+    writer.finalize()
+    msg = f"exported {len(todo)} unit(s) to {out} ({fmt}); {len(done)} were already there"
+    if not no_check:
+        digest = src.content_digest()
+        if open_cache(out).content_digest() != digest:
+            raise click.ClickException(f"content digest of {out} differs from {cache}: the export is damaged")
+        msg += f"; content digest {digest} unchanged"
+    click.echo(msg)

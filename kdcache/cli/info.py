@@ -1,0 +1,101 @@
+"""``kdcache info``: what a cache holds, how complete it is, and what it costs on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kdcache.cli.common import fail_cleanly
+
+
+@click.command()
+@click.argument("cache", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
+@click.option("--no-digest", is_flag=True, help="Skip the content digest (it reads every committed unit).")
+@fail_cleanly
+def info(cache: Path, as_json: bool, no_digest: bool) -> None:
+    """Summarise CACHE: teacher, dataset, recipe, complete epochs, size on disk, content digest.
+
+    Works on a build in progress too: only committed units count.
+    """
+    from kdcache.teacher_cache.store import open_cache
+
+    reader = open_cache(cache, allow_unfinished=True)
+    summary = cache_summary(reader, digest=not no_digest)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(_text(cache, summary))
+
+
+def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
+    m = reader.manifest
+    views = reader.num_views()
+    size = reader.bytes_on_disk()
+    units = reader.completed_units()
+    return {
+        "path": str(reader.root),
+        "format_version": m.format_version,
+        "backend": m.backend,
+        "finished": reader.finished,
+        "teacher": m.teacher,
+        "num_samples": m.dataset["num_samples"],
+        "dataset": {k: v for k, v in m.dataset.items() if k in ("fingerprint", "num_samples", "source", "kind")},
+        "num_classes": m.num_classes,
+        "image_size": m.image_size,
+        "topk": m.topk,
+        "seed": m.seed,
+        "repeats": m.repeats,
+        "recipe": m.recipe.get("name"),
+        "num_slots": m.num_slots,
+        "unit_size": m.unit_size,
+        "units_per_epoch": reader.num_units,
+        "units_complete": len(units),
+        "epochs_planned": m.epochs_planned,
+        "epochs_complete": reader.epochs_complete,
+        "views": views,
+        "bytes_on_disk": size,
+        "bytes_per_view": round(size / views, 2) if views else None,
+        "content_digest": reader.content_digest() if digest else None,
+        "created": m.created,
+        "kdcache_version": m.kdcache_version,
+        "library_versions": m.library_versions,
+    }
+
+
+def epoch_ranges(epochs: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    parts: list[str] = []
+    for e in epochs:
+        if parts and e == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{e}"
+        else:
+            parts.append(str(e))
+    return ", ".join(parts) or "none"
+
+
+def _text(cache: Path, s: dict[str, Any]) -> str:
+    t = s["teacher"]
+    status = "finished" if s["finished"] else "build in progress or interrupted (rerun `kdcache build` to resume)"
+    per_view = f"{s['bytes_per_view']:.1f} B/view" if s["bytes_per_view"] is not None else "no views yet"
+    rows = [
+        ("cache", f"{cache} ({s['backend']}, format {s['format_version']}, {status})"),
+        ("teacher", f"{t.get('name')} (weights sha256 {str(t.get('weights_sha256'))[:16]}...)"),
+        ("dataset", f"{s['num_samples']} samples, {s['dataset'].get('source') or 'source not recorded'}"),
+        ("views", f"{s['image_size']}px, recipe {s['recipe']}, seed {s['seed']}, repeats x{s['repeats']}"),
+        ("soft labels", f"top-{s['topk']} of {s['num_classes']} classes (fp16 log-probs)"),
+        (
+            "epochs",
+            f"complete: {epoch_ranges(s['epochs_complete'])} ({len(s['epochs_complete'])} of "
+            f"{s['epochs_planned']} planned); units {s['units_complete']} committed, "
+            f"{s['units_per_epoch']} per epoch of {s['unit_size']} views",
+        ),
+        ("stored", f"{s['views']:,} views, {s['bytes_on_disk'] / 1e6:.2f} MB on disk, {per_view}"),
+        ("content", s["content_digest"] or "(digest skipped)"),
+        ("created", f"{s['created']} by kdcache {s['kdcache_version']}"),
+        ("libraries", ", ".join(f"{k} {v}" for k, v in s["library_versions"].items()) or "not recorded"),
+    ]
+    return "\n".join(f"{k:<12} {v}" for k, v in rows)
