@@ -19,6 +19,14 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def broadcast_from_main(self, obj):
+        """Rank 0's ``obj`` on every rank (identity in a world of one)."""
+        if self.size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from kdcache.teacher_cache.build import TeacherRunner, run_units
 from kdcache.teacher_cache.build_config import BuildConfig
 from kdcache.teacher_cache.classmap import class_map
 from kdcache.teacher_cache.distributed import close_world, init_world
+from kdcache.teacher_cache.lock import BuildLock
 from kdcache.teacher_cache.teacher import create_teacher
 from kdcache.teacher_cache.units import all_units, assign
 from kdcache.views import ViewEngine
@@ -38,7 +40,8 @@ def run_build(cfg: BuildConfig) -> str:
     from kdcache.teacher_cache.store import create_or_open_writer, make_manifest
 
     world = init_world(cfg.device)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(close_world, world)
         recipe = resolve_recipe(cfg)
         source = open_source(cfg.data)
         model, tinfo = create_teacher(cfg.teacher, cfg.teacher_weights)
@@ -66,10 +69,22 @@ def run_build(cfg: BuildConfig) -> str:
             unit_size=unit_size,
             record_width=engine.record_width,
         )
-        # Rank 0 creates (or checks) the store first, so the others only ever open a valid one.
+        # Rank 0 takes the build lock and creates (or checks) the store first, so the others only
+        # ever open a valid one and no unrelated build writes alongside this job.
+        error = None
         if world.is_main:
-            writer = create_or_open_writer(cfg.out, manifest)
-        world.barrier()
+            try:
+                lock = BuildLock(Path(cfg.out)).acquire()
+                stack.callback(lock.release)
+                writer = create_or_open_writer(cfg.out, manifest)
+            except Exception as e:
+                error = e
+        # The other ranks learn whether rank 0 succeeded instead of waiting at a barrier forever.
+        failed = world.broadcast_from_main(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise RuntimeError(f"rank 0 could not open the cache: {failed}")
         if not world.is_main:
             writer = create_or_open_writer(cfg.out, manifest)
         completed = writer.completed_units()
@@ -83,8 +98,7 @@ def run_build(cfg: BuildConfig) -> str:
             return ""
         writer.finalize()
         return _summary(cfg, writer, stats, len(mine) - len(pending), world.size)
-    finally:
-        close_world(world)
+    return ""
 
 
 def _summary(cfg: BuildConfig, writer, stats, skipped: int, world_size: int) -> str:
@@ -99,7 +113,8 @@ def _summary(cfg: BuildConfig, writer, stats, skipped: int, world_size: int) -> 
         f"  epochs         {sorted(reader.epochs_complete)} complete of {cfg.epochs} planned",
         f"  this run       {stats.views} views in {stats.seconds:.1f} s = {stats.views_per_s:.1f} views/s"
         f" (rank 0 of {world_size}); teacher forward {100 * stats.teacher_share:.0f}% of the time",
-        f"  resumed        {skipped} unit(s) of rank 0 were already complete" if skipped else "",
+        f"  resumed        {skipped} unit(s) of rank 0 were already complete" if skipped and stats.units else "",
+        f"  nothing to do  all {skipped} unit(s) of rank 0 were already complete" if not stats.units else "",
         f"  cache          {views} views, {on_disk / 1e6:.2f} MB, {on_disk / max(views, 1):.1f} B/view",
     ]
     return "\n".join(line for line in lines if line)

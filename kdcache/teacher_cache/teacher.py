@@ -36,6 +36,7 @@ class TeacherInfo:
 
     def to_dict(self) -> dict:
         return {
+            "id": self.model,
             "name": self.name,
             "model": self.model,
             "weights": self.weights,
@@ -68,7 +69,7 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
             continue
         t = t.detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
