@@ -1,0 +1,371 @@
+"""Conformance suite: every cache backend must pass every test here (parametrized over backends)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdcache.teacher_cache import (
+    BuildNotFinishedError,
+    CacheError,
+    CorruptShardError,
+    IncompleteEpochError,
+    ManifestMismatchError,
+    NotACacheError,
+    UnitData,
+    UnsupportedFormatError,
+    create_or_open_writer,
+    num_units,
+    open_cache,
+)
+from kdcache.teacher_cache.layout import BUILD_HEADER, MANIFEST
+from kdcache.teacher_cache.synthetic import synthetic_manifest, synthetic_unit
+
+BACKENDS = ["zarr", "wds"]
+EPOCHS = 2
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_manifest(backend: str, **kw):
+    # 301 samples -> 300 slots -> units of 64: 4 full units and a short last one (44 views).
+    return synthetic_manifest(backend=backend, num_samples=301, unit_size=64, epochs=EPOCHS, **kw)
+
+
+@pytest.fixture(scope="module")
+def content() -> dict[tuple[int, int], UnitData]:
+    m = make_manifest("zarr")
+    return {(e, u): synthetic_unit(m, e, u) for e in range(EPOCHS) for u in range(num_units(m))}
+
+
+def write_cache(path: Path, backend: str, content, order=None, finalize: bool = True):
+    m = make_manifest(backend)
+    w = create_or_open_writer(path, m)
+    for e, u in order if order is not None else sorted(content):
+        w.write_unit(e, u, content[(e, u)])
+    if finalize:
+        w.finalize()
+    return w
+
+
+def expected_epoch(content, epoch: int) -> UnitData:
+    return UnitData.concat([content[(epoch, u)] for u in sorted(u for e, u in content if e == epoch)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_round_trip_of_every_field_in_any_write_order(tmp_path, backend, content):
+    order = sorted(content)
+    random.Random(1).shuffle(order)
+    write_cache(tmp_path / "c", backend, content, order)
+    r = open_cache(tmp_path / "c")
+    assert r.manifest.backend == backend
+    assert r.completed_units() == set(content)
+    assert r.epochs_complete == [0, 1]
+    assert r.num_views() == EPOCHS * 300
+    for e in range(EPOCHS):
+        block = r.load_epoch(e)
+        assert block.epoch == e and block.num_views == 300
+        assert block.equals(expected_epoch(content, e))
+        for name, arr in block.arrays().items():
+            assert arr.dtype == getattr(content[(e, 0)], name).dtype, name
+    assert r.read_unit(1, 4).equals(content[(1, 4)])  # the short last unit
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_manifest_round_trip(tmp_path, backend, content):
+    w = write_cache(tmp_path / "c", backend, content, finalize=False)
+    final = w.finalize()
+    assert final.epochs_complete == (0, 1)
+    r = open_cache(tmp_path / "c")
+    assert r.manifest == final
+    assert r.manifest.replace(epochs_complete=()) == make_manifest(backend).replace(created=final.created)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_incomplete_units_are_invisible(tmp_path, backend, content, monkeypatch):
+    path = tmp_path / "c"
+    m = make_manifest(backend)
+    w = create_or_open_writer(path, m)
+    w.write_unit(0, 1, content[(0, 1)])
+    w.write_unit(0, 3, content[(0, 3)])
+    # A unit whose commit fails half-way (data written, commit step dies) must stay invisible.
+    module = sys.modules[type(w).__module__]
+
+    def crash(*a, **k):
+        raise OSError("simulated crash before the commit")
+
+    monkeypatch.setattr(module, "write_atomic", crash)
+    with pytest.raises(OSError, match="simulated"):
+        w.write_unit(0, 2, content[(0, 2)])
+    monkeypatch.undo()
+
+    r = open_cache(path, allow_unfinished=True)
+    assert r.completed_units() == {(0, 1), (0, 3)}
+    assert w.completed_units() == {(0, 1), (0, 3)}
+    assert r.epochs_complete == []
+    assert r.num_views() == 128
+    with pytest.raises(IncompleteEpochError, match=r"3 of 5 units missing \(0, 2, 4\)") as info:
+        r.load_epoch(0)
+    assert info.value.missing_units == [0, 2, 4]
+    with pytest.raises(IncompleteEpochError):
+        r.read_unit(0, 2)
+    # Resume: the failed unit is simply written again.
+    w2 = create_or_open_writer(path, m)
+    for u in (0, 2, 4):
+        w2.write_unit(0, u, content[(0, u)])
+    w2.finalize()
+    r = open_cache(path)
+    assert r.epochs_complete == [0]
+    assert r.load_epoch(0).equals(expected_epoch(content, 0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_writer_rejects_rewriting_a_committed_unit_and_bad_data(tmp_path, backend, content):
+    w = create_or_open_writer(tmp_path / "c", make_manifest(backend))
+    w.write_unit(0, 0, content[(0, 0)])
+    with pytest.raises(CacheError, match="already committed"):
+        w.write_unit(0, 0, content[(0, 0)])
+    with pytest.raises(ValueError, match="expected int32"):
+        w.write_unit(0, 4, content[(0, 0)])  # 64 rows for a 44-row unit
+    with pytest.raises(ValueError, match="beyond the 2 planned epochs"):
+        w.write_unit(2, 0, content[(0, 0)])
+    bad = UnitData(**{**content[(0, 1)].arrays(), "topk_class": content[(0, 1)].topk_class + 100})
+    with pytest.raises(ValueError, match=r"topk_class values must lie in 0\.\.9"):
+        w.write_unit(0, 1, bad)
+    assert w.completed_units() == {(0, 0)}
+
+
+def test_content_digest_is_identical_across_backends_and_write_orders(tmp_path, content):
+    order = sorted(content)
+    digests = set()
+    for i, backend in enumerate(["zarr", "wds", "zarr", "wds"]):
+        write_cache(tmp_path / f"c{i}", backend, content, order)
+        digests.add(open_cache(tmp_path / f"c{i}").content_digest())
+        random.Random(i).shuffle(order)
+    assert len(digests) == 1
+    # ...and it does see content: one changed log-prob changes it.
+    changed = dict(content)
+    lp = content[(1, 2)].topk_logprob.copy()
+    lp[5, 2] = np.nextafter(lp[5, 2], np.float16(-np.inf))
+    changed[(1, 2)] = UnitData(**{**content[(1, 2)].arrays(), "topk_logprob": lp})
+    write_cache(tmp_path / "changed", "zarr", changed)
+    assert open_cache(tmp_path / "changed").content_digest() not in digests
+
+
+_WORKER = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    from pathlib import Path
+    from kdcache.teacher_cache import Manifest, UnitData, create_or_open_writer
+    path, data_dir, start = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+    m = Manifest.from_json((data_dir / "manifest.json").read_text())
+    units = [tuple(int(x) for x in p.stem.split("_")) for p in sorted(data_dir.glob("*.npz"))]
+    data = {k: UnitData.from_arrays(dict(np.load(data_dir / f"{k[0]}_{k[1]}.npz"))) for k in units}
+    time.sleep(max(0.0, start - time.time()))  # every process opens the fresh store at the same moment
+    w = create_or_open_writer(path, m)
+    for e, u in units:
+        w.write_unit(e, u, data[(e, u)])
+    """
+)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_processes_writing_different_units(tmp_path, backend, content):
+    import time
+
+    path, world = tmp_path / "c", 3
+    m = make_manifest(backend)
+    # Rank r takes units r::world, as the build does; each process gets its units as .npz files.
+    for r in range(world):
+        units = sorted(content)[r::world]
+        d = tmp_path / f"rank{r}"
+        d.mkdir()
+        (d / "manifest.json").write_text(m.to_json())
+        for e, u in units:
+            np.savez(d / f"{e}_{u}.npz", **content[(e, u)].arrays())
+    start = time.time() + 2.0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(path), str(tmp_path / f"rank{r}"), str(start)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    create_or_open_writer(path, m).finalize()
+    write_cache(tmp_path / "ref", backend, content)
+    r = open_cache(path)
+    assert r.completed_units() == set(content)
+    assert r.content_digest() == open_cache(tmp_path / "ref").content_digest()
+    leftovers = list(path.rglob(".*"))
+    assert leftovers == [], leftovers
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reopen_checks_the_stored_header(tmp_path, backend, content):
+    path = tmp_path / "c"
+    m = make_manifest(backend)
+    create_or_open_writer(path, m)
+    with pytest.raises(ManifestMismatchError, match=r"topk, teacher\.num_classes|num_classes") as info:
+        create_or_open_writer(path, make_manifest(backend, num_classes=12))
+    assert "num_classes" in info.value.fields
+    with pytest.raises(ManifestMismatchError, match="seed"):
+        create_or_open_writer(path, m.replace(seed=1))
+    other = "wds" if backend == "zarr" else "zarr"
+    with pytest.raises(ManifestMismatchError, match="backend"):
+        create_or_open_writer(path, m, backend=other)
+    # A later process's creation time is not a difference; more epochs extend the cache.
+    w = create_or_open_writer(path, m.replace(created="2030-01-01T00:00:00+00:00", epochs_planned=3))
+    assert w.manifest.epochs_planned == 3 and w.manifest.created == m.created
+    for u in range(num_units(m)):
+        w.write_unit(2, u, content[(0, u)])
+    assert w.finalize().epochs_complete == (2,)
+    assert json.loads((path / BUILD_HEADER).read_text())["epochs_planned"] == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_newer_format_version_is_refused(tmp_path, backend, content):
+    path = tmp_path / "c"
+    write_cache(path, backend, content)
+    for name in (MANIFEST, BUILD_HEADER):
+        doc = json.loads((path / name).read_text())
+        doc["format_version"] = 2
+        doc["field_from_the_future"] = True
+        (path / name).write_text(json.dumps(doc))
+    with pytest.raises(UnsupportedFormatError, match="upgrade kdcache") as info:
+        open_cache(path)
+    assert MANIFEST in str(info.value)
+    with pytest.raises(UnsupportedFormatError, match="upgrade kdcache"):
+        create_or_open_writer(path, make_manifest(backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_missing_manifest_gives_a_clear_error(tmp_path, backend, content):
+    with pytest.raises(NotACacheError, match="not a directory"):
+        open_cache(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotACacheError, match=r"not a kdcache cache.*kdcache build"):
+        open_cache(tmp_path / "empty")
+    write_cache(tmp_path / "c", backend, content, finalize=False)
+    with pytest.raises(BuildNotFinishedError, match=r"has not finished.*kdcache build.*resume"):
+        open_cache(tmp_path / "c")
+    assert open_cache(tmp_path / "c", allow_unfinished=True).epochs_complete == [0, 1]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.txt").write_text("not a cache")
+    with pytest.raises(NotACacheError, match="not empty"):
+        create_or_open_writer(tmp_path / "data", make_manifest(backend))
+
+
+def _unit_files(path: Path, backend: str, epoch: int, unit: int) -> list[Path]:
+    if backend == "wds":
+        return [path / f"e{epoch:05d}" / f"u{unit:06d}.tar"]
+    return sorted(p for p in (path / f"e{epoch:05d}").rglob("*") if p.is_file() and f"/c/{unit}" in p.as_posix())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_shard_names_the_file(tmp_path, backend, damage, content):
+    path = tmp_path / "c"
+    write_cache(path, backend, content)
+    files = _unit_files(path, backend, 1, 2)
+    assert files
+    victim = files[-1]  # zarr: topk_logprob's chunk sorts after the others; wds: the unit's tar
+    raw = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(raw[: len(raw) * 2 // 3])
+    elif damage == "flip":
+        i = len(raw) // 2
+        victim.write_bytes(raw[:i] + bytes([raw[i] ^ 0x10]) + raw[i + 1 :])
+    else:
+        victim.unlink()
+    r = open_cache(path)
+    if backend == "wds" and damage == "delete":
+        # The shard is the commit: without it the unit is simply not there.
+        assert (1, 2) not in r.completed_units()
+        with pytest.raises(IncompleteEpochError):
+            r.load_epoch(1)
+        return
+    with pytest.raises(CorruptShardError) as info:
+        r.load_epoch(1)
+    assert info.value.path == victim
+    assert str(victim) in str(info.value) and "kdcache build" in str(info.value)
+    with pytest.raises(CorruptShardError):
+        r.content_digest()
+    assert r.load_epoch(0).equals(expected_epoch(content, 0))  # other epochs are unaffected
+
+
+def test_zarr_unit_is_exactly_one_chunk_file_per_array(tmp_path, content):
+    import zarr
+
+    path = tmp_path / "c"
+    write_cache(path, "zarr", content)
+    group = zarr.open_group(str(path / "e00001"), mode="r")
+    for name in ("sample_id", "repeat", "params", "digest", "topk_logprob", "topk_class"):
+        arr = group[name]
+        assert arr.chunks[0] == 64 and arr.shape[0] == 300
+        chunk_files = sorted((path / "e00001" / name / "c").iterdir())
+        assert [p.name for p in chunk_files] == ["0", "1", "2", "3", "4"]
+        # Plain zarr (no kdcache code) reads the same values.
+        np.testing.assert_array_equal(arr[:], getattr(expected_epoch(content, 1), name))
+
+
+def test_wds_shards_are_byte_identical_for_identical_content(tmp_path, content):
+    write_cache(tmp_path / "a", "wds", content)
+    write_cache(tmp_path / "b", "wds", content, order=sorted(content, reverse=True))
+    for e, u in content:
+        rel = Path(f"e{e:05d}") / f"u{u:06d}.tar"
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+
+
+def test_wds_streams_through_webdataset_with_node_and_worker_splitting(tmp_path, content):
+    from kdcache.teacher_cache import stream_views
+
+    path = tmp_path / "c"
+    write_cache(path, "wds", content)
+    views = list(stream_views(path, epochs=[1]))
+    assert [v["slot"] for v in views] == list(range(300))
+    block = expected_epoch(content, 1)
+    for name in ("sample_id", "repeat", "digest"):
+        np.testing.assert_array_equal(np.array([v[name] for v in views]), getattr(block, name))
+    np.testing.assert_array_equal(np.stack([v["topk_logprob"] for v in views]), block.topk_logprob)
+    np.testing.assert_array_equal(np.stack([v["params"] for v in views]), block.params)
+
+    # Two "nodes" each get half of the shards; together they see every view exactly once.
+    def node(rank):
+        return lambda urls: list(urls)[rank::2]
+
+    halves = [list(stream_views(path, nodesplitter=node(r))) for r in range(2)]
+    seen = sorted((v["epoch"], v["slot"]) for h in halves for v in h)
+    assert seen == [(e, s) for e in range(EPOCHS) for s in range(300)]
+    assert all(halves)
+
+    # DataLoader workers split shards too (webdataset's split_by_worker).
+    import torch
+
+    loader = torch.utils.data.DataLoader(stream_views(path), batch_size=None, num_workers=2, collate_fn=_as_is)
+    assert sorted((int(v["epoch"]), int(v["slot"])) for v in loader) == seen
+
+
+def _as_is(view):
+    return view  # torch's default collate cannot convert uint64 digests
+
+
+def test_stream_views_refuses_a_zarr_cache(tmp_path, content):
+    from kdcache.teacher_cache import stream_views
+
+    write_cache(tmp_path / "c", "zarr", content)
+    with pytest.raises(CacheError, match="kdcache export"):
+        stream_views(tmp_path / "c")
