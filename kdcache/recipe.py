@@ -1,4 +1,4 @@
-"""Recipes: frozen, YAML-serialisable configuration of the views (and, later, training)."""
+"""Recipes: frozen, YAML-serialisable configuration of the views and of student training."""
 
 from __future__ import annotations
 
@@ -62,9 +62,160 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """The training part of a recipe: student, optimiser, schedule, EMA, loss and evaluation.
+
+    Defaults are the seed recipe. The learning-rate schedule, in epochs (stepped per optimiser update,
+    so ``t`` below is fractional): linear warm-up from ``warmup_lr`` to ``lr`` over
+    ``[0, warmup_epochs)``, cosine from ``lr`` at ``warmup_epochs`` to ``lr_min`` at ``cosine_epochs``,
+    then ``lr_min`` for ``cooldown_epochs``; ``epochs`` = ``cosine_epochs`` + ``cooldown_epochs``.
+    ``global_batch`` is summed over all processes; each process gets ``global_batch / world_size``
+    views, which must be even so that a mixing pair never straddles two processes.
+    """
+
+    # student (timm.create_model; always random init)
+    model: str = "resnet50"
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0  # stochastic depth; the seed recipe uses none
+    # optimiser (timm.optim.create_optimizer_v2; norm and bias parameters get no weight decay)
+    opt: str = "lamb"
+    lr: float = 5e-3
+    weight_decay: float = 0.02
+    opt_eps: float = 1e-6
+    opt_betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float | None = 1.0  # None: no clipping
+    clip_mode: str = "norm"  # norm | value | agc (timm.utils.dispatch_clip_grad)
+    global_batch: int = 1536
+    # schedule (timm CosineLRScheduler, stepped per update)
+    epochs: int = 610
+    warmup_epochs: int = 5
+    warmup_lr: float = 1e-5  # timm train.py's default --warmup-lr
+    cosine_epochs: int = 600
+    lr_min: float = 5e-5
+    cooldown_epochs: int = 10
+    # EMA of the student (timm ModelEmaV3, decay warm-up on), final model = mean of the best EMA checkpoints
+    ema_decay: float = 0.9998
+    ema_warmup: bool = True
+    average_top: int = 10
+    # loss: kd_weight * T^2 * KL(teacher_T || student_T) + ce_weight * CE(student, smoothed mixed labels)
+    kd_weight: float = 0.8
+    ce_weight: float = 0.2
+    temperature: float = 1.0
+    label_smoothing: float = 0.1
+    # evaluation: resize to floor(image_size / eval_crop_pct), centre crop image_size
+    eval_crop_pct: float = 0.875
+    eval_interpolation: str = "bicubic"
+    eval_every: int = 1  # epochs
+    # model-init seed (the views have their own seed, stored with the cache)
+    seed: int = 0
+    log_every: int = 50  # optimiser updates between step-level log lines / TensorBoard points
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> RecipeError:
+            return RecipeError(f"train.{msg}")
+
+        self._check_types()
+        if not self.model:
+            raise bad("model must be a timm model name")
+        for name in ("drop_rate", "drop_path_rate", "label_smoothing"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise bad(f"{name} must be in [0, 1), got {v}")
+        for name in ("lr", "opt_eps", "temperature"):
+            if not getattr(self, name) > 0:
+                raise bad(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "warmup_lr", "lr_min", "kd_weight", "ce_weight"):
+            if getattr(self, name) < 0:
+                raise bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        if len(self.opt_betas) != 2 or not all(0 <= b < 1 for b in self.opt_betas):
+            raise bad(f"opt_betas must be two values in [0, 1), got {self.opt_betas}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise bad(f"clip_grad must be > 0 or null, got {self.clip_grad}")
+        if self.clip_mode not in ("norm", "value", "agc"):
+            raise bad(f"clip_mode must be norm, value or agc, got {self.clip_mode!r}")
+        if self.global_batch < 2 or self.global_batch % 2:
+            raise bad(f"global_batch must be even and >= 2 (mixing pairs stay whole), got {self.global_batch}")
+        if self.lr_min > self.lr:
+            raise bad(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr})")
+        if self.cosine_epochs < 1 or self.warmup_epochs < 0 or self.cooldown_epochs < 0:
+            raise bad("cosine_epochs must be >= 1, warmup_epochs and cooldown_epochs >= 0")
+        if self.warmup_epochs >= self.cosine_epochs:
+            raise bad(f"warmup_epochs ({self.warmup_epochs}) must be < cosine_epochs ({self.cosine_epochs})")
+        if self.epochs != self.cosine_epochs + self.cooldown_epochs:
+            raise bad(
+                f"epochs ({self.epochs}) must equal cosine_epochs + cooldown_epochs "
+                f"({self.cosine_epochs} + {self.cooldown_epochs}); change them together"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise bad(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.average_top < 1:
+            raise bad(f"average_top must be >= 1, got {self.average_top}")
+        if self.kd_weight == 0 and self.ce_weight == 0:
+            raise bad("kd_weight and ce_weight cannot both be 0")
+        if not 0 < self.eval_crop_pct <= 1:
+            raise bad(f"eval_crop_pct must be in (0, 1], got {self.eval_crop_pct}")
+        if self.eval_interpolation not in ("bilinear", "bicubic", "nearest", "lanczos"):
+            raise bad(
+                f"eval_interpolation must be bilinear, bicubic, nearest or lanczos, got {self.eval_interpolation!r}"
+            )
+        if self.eval_every < 1 or self.log_every < 1:
+            raise bad("eval_every and log_every must be >= 1")
+        if self.seed < 0:
+            raise bad(f"seed must be non-negative, got {self.seed}")
+
+    def _check_types(self) -> None:
+        """Refuse wrongly typed values with a clear message; accept floats written the YAML 1.1 way.
+
+        PyYAML reads ``lr: 5e-3`` (no dot) as the string '5e-3': such strings are parsed as floats.
+        """
+        for f in dataclasses.fields(self):
+            v, kind = getattr(self, f.name), str(f.type)
+            if kind.startswith("float"):
+                if v is None and "None" in kind:
+                    continue
+                if isinstance(v, str):
+                    try:
+                        v = float(v)
+                    except ValueError:
+                        raise RecipeError(f"train.{f.name} must be a number, got {v!r}") from None
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise RecipeError(f"train.{f.name} must be a number, got {v!r}")
+                object.__setattr__(self, f.name, float(v))
+            elif kind == "int":
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise RecipeError(f"train.{f.name} must be an integer, got {v!r}")
+            elif kind == "bool":
+                if not isinstance(v, bool):
+                    raise RecipeError(f"train.{f.name} must be true or false, got {v!r}")
+            elif kind == "str":
+                if not isinstance(v, str):
+                    raise RecipeError(f"train.{f.name} must be a string, got {v!r}")
+            elif kind.startswith("tuple[float"):
+                try:
+                    object.__setattr__(self, f.name, tuple(float(x) for x in v))
+                except (TypeError, ValueError):
+                    raise RecipeError(f"train.{f.name} must be a list of numbers, got {v!r}") from None
+
+    def per_process_batch(self, world_size: int) -> int:
+        """Views per process and step; pairs must stay whole, so the share must be even."""
+        if world_size < 1:
+            raise RecipeError(f"world size must be >= 1, got {world_size}")
+        if self.global_batch % world_size:
+            raise RecipeError(f"train.global_batch {self.global_batch} is not divisible by the world size {world_size}")
+        per = self.global_batch // world_size
+        if per % 2:
+            raise RecipeError(
+                f"train.global_batch {self.global_batch} / world size {world_size} = {per} views per process is odd; "
+                "mixing pairs must stay whole: choose a global batch divisible by 2 x world size"
+            )
+        return per
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str = "seed"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -78,6 +229,9 @@ class Recipe:
 
     def replace_augment(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, augment=dataclasses.replace(self.augment, **changes))
+
+    def replace_train(self, **changes: Any) -> Recipe:
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
 
 
 def _plain(obj: Any) -> Any:
@@ -112,7 +266,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise RecipeError(f"{where or 'recipe'}: {e}") from e
 
 
-_DATACLASS_FIELDS: dict[tuple[type, str], type] = {(Recipe, "augment"): AugmentConfig}
+_DATACLASS_FIELDS: dict[tuple[type, str], type] = {(Recipe, "augment"): AugmentConfig, (Recipe, "train"): TrainConfig}
 
 
 def preset_names() -> list[str]:

@@ -1,0 +1,68 @@
+"""Run outputs for humans and tools: TensorBoard scalars and metrics.jsonl (main process only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+
+
+class RunLog:
+    """Writes nothing unless ``enabled`` (rank 0). ``purge_step`` (on resume) drops TensorBoard
+    events at or after that step from the earlier, interrupted run."""
+
+    def __init__(self, out_dir: str | Path, enabled: bool, tensorboard: bool = True, purge_step: int | None = None):
+        self.out_dir = Path(out_dir)
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # slow import; only where used
+
+            self.writer = SummaryWriter(str(self.out_dir / TB_DIR), purge_step=purge_step)
+
+    def scalars(self, values: Mapping[str, float], step: int, prefix: str = "") -> None:
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            if v is not None and math.isfinite(v):
+                self.writer.add_scalar(f"{prefix}{k}", v, step)
+
+    def record(self, entry: Mapping[str, Any]) -> None:
+        """Append one JSON line to metrics.jsonl (flushed, so a crash loses at most this line)."""
+        if not self.enabled:
+            return
+        with open(self.out_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(entry, sort_keys=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate_after_epoch(self, epoch: int) -> None:
+        """On resume from ``epoch`` completed epochs: drop later lines (they will be written again)."""
+        path = self.out_dir / METRICS_FILE
+        if not self.enabled or not path.is_file():
+            return
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln).get("epoch", epoch + 1) <= epoch]  # "final" lines go too
+        tmp = path.with_name(f".{METRICS_FILE}.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        os.replace(tmp, path)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / METRICS_FILE
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
