@@ -159,10 +159,9 @@ def test_sigkill_mid_build_then_resume_gives_the_same_digest(setup, reference, t
 
 
 def test_cached_topk_matches_an_independent_teacher_forward(setup, reference):
-    from kdcache.teacher_cache.store import open_cache
-
     from kdcache.data import ImageFolderSource
     from kdcache.recipe import Recipe
+    from kdcache.teacher_cache.store import open_cache
     from kdcache.views import ViewEngine
 
     _, data, weights = setup
@@ -210,3 +209,81 @@ def test_bad_teacher_inputs_fail_cleanly(setup, tmp_path):
     bigger = write_teacher(tmp_path / "t5.pth", 5)
     mismatch = run_cli(*build_args(data, bigger, tmp_path / "m"), check=False)
     assert mismatch.returncode != 0 and "3 classes" in mismatch.stderr and "5" in mismatch.stderr
+
+
+def _tampered_copy(src: Path, dst: Path, epoch: int, slot: int, field: str) -> None:
+    """Rewrite a cache through the store API with one value of one view altered."""
+    from kdcache.teacher_cache.store import UnitData, create_or_open_writer, open_cache
+
+    reader = open_cache(src)
+    m = reader.manifest
+    writer = create_or_open_writer(dst, m.replace(epochs_complete=()))
+    for e, u in sorted(reader.completed_units()):
+        data = reader.read_unit(e, u)
+        arrays = {k: v.copy() for k, v in data.arrays().items()}
+        row = slot - u * m.unit_size
+        if e == epoch and 0 <= row < data.num_views:
+            if field == "digest":
+                arrays["digest"][row] ^= np.uint64(1)
+            else:
+                # every stored class loses half its probability (order kept, so the store accepts it)
+                lp = arrays["topk_logprob"][row].astype(np.float32) - 0.7
+                arrays["topk_logprob"][row] = lp.astype(np.float16)
+        writer.write_unit(e, u, UnitData.from_arrays(arrays))
+    writer.finalize()
+
+
+@pytest.mark.parametrize("field", ["digest", "topk_logprob"])
+def test_verify_fails_naming_the_altered_view(setup, reference, tmp_path, field):
+    from kdcache.teacher_cache.replay import sample_pairs
+    from kdcache.teacher_cache.store import open_cache
+
+    _, _, weights = setup
+    m = open_cache(reference[0]).manifest
+    # Alter a view that verify will sample (its choice is seeded), then check it is named.
+    epoch, pair = sample_pairs(m.seed, m.num_slots, [0, 1], 8)[1]
+    slot = 2 * pair + 1
+    bad = tmp_path / "bad"
+    _tampered_copy(reference[0], bad, epoch, slot, field)
+    proc = run_cli("verify", str(bad), "--views", "8", "--teacher-weights", str(weights), check=False)
+    assert proc.returncode == 1
+    assert f"epoch {epoch} slot {slot}" in proc.stderr
+    assert ("digest" if field == "digest" else "probabilities") in proc.stderr
+    assert "FAILED: 1 mismatch" in proc.stderr
+
+
+@pytest.mark.slow
+def test_beit_base_alias_builds_and_verifies_at_random_init(tmp_path):
+    """The published teacher's code path (alias, ImageNet class mapping, 0.5/0.5 preprocessing) on a
+    handful of views; random init because this machine cannot download weights."""
+    from kdcache.teacher_cache.store import open_cache
+
+    data = write_dataset(tmp_path / "data", ["n01440764", "n01443537", "n01484850"], per_class=2)
+    torch.manual_seed(0)
+    model = timm.create_model("beit_base_patch16_224.in22k_ft_in22k_in1k", pretrained=False)
+    weights = tmp_path / "beit.pth"
+    torch.save(model.state_dict(), weights)
+    del model
+    run_cli(
+        "build",
+        "--teacher",
+        "beit_base",
+        "--teacher-weights",
+        str(weights),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "c"),
+        "--batch-size",
+        "6",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
+    m = open_cache(tmp_path / "c").manifest
+    assert m.teacher["id"] == "beit_base_patch16_224.in22k_ft_in22k_in1k"
+    assert m.teacher["mean"] == [0.5, 0.5, 0.5] and m.teacher["std"] == [0.5, 0.5, 0.5]
+    assert m.num_classes == 1000 and m.class_names[0] == "n01440764"
+    assert m.dataset["to_teacher"] == [0, 1, 2]
+    proc = run_cli("verify", str(tmp_path / "c"), "--views", "6", "--teacher-weights", str(weights))
+    assert "OK" in proc.stdout
