@@ -14,8 +14,9 @@ from kdcache.views.randaug import RASpec, apply_ops
 def render_image(img: Image.Image, p: ImageParams, size: int, spec: RASpec | None) -> np.ndarray:
     """Crop + resize (bilinear/bicubic), flip, RandAugment; returns uint8 (size, size, 3)."""
     resample = Image.Resampling.BICUBIC if p.bicubic else Image.Resampling.BILINEAR
-    # resize(box=...) is crop-then-resize in one pass (what torchvision's resized_crop does on PIL).
-    out = img.resize((size, size), resample, box=(p.left, p.top, p.left + p.width, p.top + p.height))
+    # Crop, then resize: torchvision's resized_crop on PIL (what timm's RandomResizedCrop calls).
+    # Not resize(box=...): that lets the filter read source pixels outside the box at the edges.
+    out = img.crop((p.left, p.top, p.left + p.width, p.top + p.height)).resize((size, size), resample)
     if p.hflip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if spec is not None and p.ops:
