@@ -75,11 +75,12 @@ def sample_mix_params(g: np.random.Generator, size: int, cfg: AugmentConfig) -> 
     use_cutmix = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha <= 0 or u_switch < cfg.switch_prob)
     if not use_cutmix:
         return MixParams(MixMode.MIXUP, quantize_lambda(float(lam_mixup)))
-    # timm.data.mixup.rand_bbox (margin 0), then lambda corrected to the box's real area.
+    # timm.data.mixup.rand_bbox (margin 0), then lambda corrected to the box's real area. The box
+    # spans [c - cut//2, c + (cut+1)//2): exactly `cut` pixels before clipping, as in timm 1.0.31.
     ratio = math.sqrt(1.0 - float(lam_cutmix))
     cut = int(size * ratio)
-    y0, y1 = int(np.clip(cy - cut // 2, 0, size)), int(np.clip(cy + cut // 2, 0, size))
-    x0, x1 = int(np.clip(cx - cut // 2, 0, size)), int(np.clip(cx + cut // 2, 0, size))
+    y0, y1 = int(np.clip(cy - cut // 2, 0, size)), int(np.clip(cy + (cut + 1) // 2, 0, size))
+    x0, x1 = int(np.clip(cx - cut // 2, 0, size)), int(np.clip(cx + (cut + 1) // 2, 0, size))
     box = (y0, y1, x0, x1)
     return MixParams(MixMode.CUTMIX, cutmix_lambda(box, size), box)
 
