@@ -8,6 +8,7 @@ then sample those choices from a keyed generator and call timm's op functions wi
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -128,13 +129,18 @@ def sample_ops(g: np.random.Generator, spec: RASpec) -> tuple[RAOp, ...]:
 def level_args(op: taa.AugmentOp, layer: RAOp) -> tuple:
     if op.level_fn is None:
         return ()
-    args = op.level_fn(layer.magnitude, op.hparams)
-    if is_signed(op):
-        # timm's level fn drew its own sign from the global `random`; we discard it (it does not
-        # influence the output) and apply the sampled one.
-        v = abs(args[0])
-        return (-v if layer.negate else v,)
-    return tuple(args)
+    if not is_signed(op):
+        return tuple(op.level_fn(layer.magnitude, op.hparams))
+    # timm's signed level fns draw their own sign from the global `random`: we discard it (it does
+    # not influence the output) and apply the sampled one, restoring the global state so that
+    # rendering never advances `random` (other code seeded from it must not depend on our views).
+    state = random.getstate()
+    try:
+        args = op.level_fn(layer.magnitude, op.hparams)
+    finally:
+        random.setstate(state)
+    v = abs(args[0])
+    return (-v if layer.negate else v,)
 
 
 def apply_ops(img: Image.Image, layers: tuple[RAOp, ...], spec: RASpec) -> Image.Image:
