@@ -42,7 +42,10 @@ def preview(
     Each slot of the epoch is one output view; slots (2i, 2i+1) are a mixing pair. The grid shows
     them in slot order, so each row pair shows mix(A, B) and mix(B, A).
     """
-    a, b = parse_slots(slots)
+    try:
+        a, b = parse_slots(slots)
+    except click.BadParameter as e:  # name the option in the message, as click does for its own checks
+        raise click.BadParameter(e.message, param_hint="--slots") from e
     try:
         rec = load_recipe(recipe)
         if image_size is not None:
