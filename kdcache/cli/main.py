@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "preview": "kdcache.cli.preview:preview",
     "build": "kdcache.cli.build:build",
     "verify": "kdcache.cli.verify:verify",
+    "train": "kdcache.cli.train:train",
     "info": "kdcache.cli.info:info",
     "show": "kdcache.cli.show:show",
     "export": "kdcache.cli.export:export",

@@ -1,0 +1,117 @@
+"""``kdcache train``: the student, from the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kdcache.cli.common import fail_cleanly
+
+
+@click.command()
+@click.option("--student", help="timm model name of the student [recipe: resnet50].")
+@click.option("--cache", required=True, type=click.Path(path_type=Path), help="A cache written by `kdcache build`.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (checkpoints, logs).")
+@click.option("--data", help="Where the training images are, if not where the cache was built from.")
+@click.option("--val-data", help="ImageFolder for validation (resize image_size/0.875, centre crop).")
+@click.option(
+    "--kd",
+    type=click.Choice(["cached", "online", "none"]),
+    default="cached",
+    show_default=True,
+    help="cached: soft labels from the cache; online: run the teacher on the same views; none: CE only.",
+)
+@click.option("--teacher", help="Online mode: timm teacher name [the cache's].")
+@click.option("--teacher-weights", type=click.Path(path_type=Path), help="Online mode: local teacher weights.")
+@click.option("--config", help="Preset name or recipe YAML for the training part (augmentation comes from the cache).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Student epochs [recipe: 610]; cooldown is kept.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=2),
+    help="Global batch in views [recipe: 1536]; even, divisible by the number of processes.",
+)
+@click.option("--lr", type=float, help="Peak learning rate [recipe: 5e-3]; not rescaled with the batch.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True)
+@click.option("--channels-last", is_flag=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the student.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--eval-every", type=click.IntRange(min=1), help="Validate every N epochs [recipe: 1].")
+@click.option("--average-top", type=click.IntRange(min=1), help="Average the best N EMA checkpoints [recipe: 10].")
+@click.option(
+    "--replay-check",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Views re-rendered and compared with their stored digests before training (0: skip).",
+)
+@click.option("--no-progress", is_flag=True)
+@fail_cleanly
+def train(
+    student,
+    cache,
+    out,
+    data,
+    val_data,
+    kd,
+    teacher,
+    teacher_weights,
+    config,
+    epochs,
+    batch_size,
+    lr,
+    workers,
+    device,
+    amp,
+    channels_last,
+    compile_,
+    resume,
+    eval_every,
+    average_top,
+    replay_check,
+    no_progress,
+) -> None:
+    """Train a student on the cache's views; the teacher never runs (unless --kd online).
+
+    Under `torchrun --nproc-per-node N -m kdcache train ...` each process takes its share of every
+    global batch (DDP). Logs: RUN/metrics.jsonl and TensorBoard in RUN/tb.
+    """
+    from kdcache.student.run import TrainArgs, run_train
+
+    args = TrainArgs(
+        student=student,
+        cache=str(cache),
+        out=str(out),
+        data=data,
+        val_data=val_data,
+        kd=kd,
+        teacher=teacher,
+        teacher_weights=None if teacher_weights is None else str(teacher_weights),
+        config=config,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        workers=workers,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile_,
+        resume=resume,
+        eval_every=eval_every,
+        average_top=average_top,
+        replay_check=replay_check,
+        progress=not no_progress,
+    )
+    result, _ = run_train(args)
+    if result is None:
+        return
+    lines = [f"kdcache train finished: {result.out_dir} ({result.epochs_done} epochs, {result.global_step} steps)"]
+    if result.final is not None:
+        lines.append(
+            f"  averaged EMA of epochs {result.averaged_epochs}: "
+            f"top-1 {result.final.top1:.2f}%, top-5 {result.final.top5:.2f}%"
+        )
+    lines.append(f"  logs: {result.out_dir}/metrics.jsonl, TensorBoard: tensorboard --logdir {result.out_dir}/tb")
+    click.echo("\n".join(lines), err=True)

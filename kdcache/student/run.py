@@ -1,0 +1,220 @@
+"""``kdcache train`` end to end: cache + data + recipe -> replay check -> Trainer.fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdcache.recipe import Recipe, RecipeError, load_recipe
+from kdcache.teacher_cache.distributed import close_world, init_world
+from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch, check_pairs, open_replay, sample_pairs
+
+log = logging.getLogger("kdcache.train")
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    student: str | None
+    cache: str
+    out: str
+    data: str | None = None
+    val_data: str | None = None
+    kd: str = "cached"
+    teacher: str | None = None
+    teacher_weights: str | None = None
+    config: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    workers: int = 2
+    device: str = "cpu"
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    resume: bool = False
+    eval_every: int | None = None
+    average_top: int | None = None
+    replay_check: int = 64
+    progress: bool = True
+
+
+def resolve_recipe(args: TrainArgs, cache_recipe: dict) -> Recipe:
+    """Augmentation from the cache (replay needs it exactly); training part from --config and flags."""
+    cached = Recipe.from_dict(cache_recipe)
+    recipe = cached
+    if args.config is not None:
+        chosen = load_recipe(args.config)
+        is_file = Path(args.config).suffix in (".yaml", ".yml") or Path(args.config).exists()
+        if is_file and chosen.augment != cached.augment:
+            diffs = [
+                f.name
+                for f in dataclasses.fields(cached.augment)
+                if getattr(chosen.augment, f.name) != getattr(cached.augment, f.name)
+            ]
+            raise RecipeError(
+                f"{args.config} changes the augmentation ({', '.join(diffs)}), which would break replay of the "
+                "cache's views; remove its `augment` section or build a cache with it"
+            )
+        recipe = dataclasses.replace(cached, train=chosen.train)
+    t = recipe.train
+    changes: dict = {}
+    if args.student:
+        changes["model"] = args.student
+    if args.batch_size is not None:
+        changes["global_batch"] = args.batch_size
+    if args.lr is not None:
+        changes["lr"] = args.lr
+    if args.eval_every is not None:
+        changes["eval_every"] = args.eval_every
+    if args.average_top is not None:
+        changes["average_top"] = args.average_top
+    if args.epochs is not None and args.epochs != t.epochs:
+        cooldown = min(t.cooldown_epochs, max(0, args.epochs - t.warmup_epochs - 1))
+        if args.epochs - cooldown < 1:
+            raise RecipeError(f"--epochs {args.epochs} is too short for the recipe's schedule")
+        changes.update(
+            epochs=args.epochs,
+            cosine_epochs=args.epochs - cooldown,
+            cooldown_epochs=cooldown,
+            warmup_epochs=min(t.warmup_epochs, args.epochs - cooldown - 1),
+        )
+    return recipe.replace_train(**changes) if changes else recipe
+
+
+def replay_check(reader, engine, n_views: int) -> int:
+    """Re-render n sampled views of the cache; raise naming the first mismatch. Returns views checked."""
+    m = reader.manifest
+    chosen = sample_pairs(m.seed, m.num_slots, sorted(reader.epochs_complete), n_views)
+    checked = 0
+    by_epoch: dict[int, list[int]] = {}
+    for e, p in chosen:
+        by_epoch.setdefault(e, []).append(p)
+    for epoch, pairs in by_epoch.items():
+        block = reader.load_epoch(epoch)
+        for _, problems in check_pairs(engine, epoch, pairs, block.params, block.digest, block.sample_id, block.repeat):
+            if problems:
+                raise ReplayMismatch(f"replay check failed at {problems[0]}. {LIKELY_CAUSE}")
+            checked += 2
+    return checked
+
+
+def val_label_map(val_classes: list[str], class_names: tuple[str, ...]) -> np.ndarray:
+    index = {n: i for i, n in enumerate(class_names)}
+    missing = [c for c in val_classes if c not in index]
+    if missing:
+        raise ValueError(f"validation class folder(s) unknown to the cache's classes: {', '.join(missing[:10])}")
+    return np.asarray([index[c] for c in val_classes], dtype=np.int64)
+
+
+class _MappedVal:
+    """Re-iterable val batches with folder labels mapped to the cache's class order."""
+
+    def __init__(self, loader, mapping: np.ndarray):
+        self.loader, self.mapping = loader, torch.from_numpy(mapping)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images, self.mapping[labels]
+
+
+def run_train(args: TrainArgs):
+    from kdcache.student.cache_source import CacheBatchSource
+    from kdcache.student.dist import DistInfo
+    from kdcache.student.evaluate import make_val_loader
+    from kdcache.student.online_teacher import OnlineTeacher
+    from kdcache.student.trainer import RunOptions, Trainer
+    from kdcache.teacher_cache.store import open_cache
+    from kdcache.teacher_cache.teacher import create_teacher
+
+    if args.kd not in ("cached", "online", "none"):
+        raise ValueError(f"--kd must be cached, online or none, got {args.kd!r}")
+    world = init_world(args.device)
+    try:
+        reader = open_cache(args.cache)
+        m = reader.manifest
+        recipe = resolve_recipe(args, m.recipe)
+        recipe.train.per_process_batch(world.size)  # refuses odd or indivisible batches up front
+        engine = open_replay(m, args.data)
+        dist = DistInfo.current()
+        epochs = sorted(reader.epochs_complete)
+        info = [
+            f"cache {args.cache}: {len(epochs)} complete epoch(s), {m.num_slots} views each, teacher "
+            f"{m.teacher.get('name', m.teacher['id'])}"
+        ]
+        if recipe.train.epochs > len(epochs):
+            info.append(
+                f"student epochs ({recipe.train.epochs}) exceed the cached epochs ({len(epochs)}): "
+                f"epoch e replays cached epoch e mod {len(epochs)}"
+            )
+        if args.replay_check > 0 and dist.is_main:
+            n = replay_check(reader, engine, args.replay_check)
+            info.append(f"replay check: {n} re-rendered views match their stored digests")
+        teacher = None
+        if args.kd == "online":
+            name = args.teacher or m.teacher.get("name") or m.teacher["id"]
+            model, tinfo = create_teacher(name, args.teacher_weights, num_classes=m.num_classes)
+            if tinfo.weights_sha256 != m.teacher["weights_sha256"]:
+                info.append("note: the online teacher's weights differ from the cache's teacher")
+            teacher = OnlineTeacher(
+                model.to(args.device),
+                tinfo.mean,
+                tinfo.std,
+                args.channels_last,
+                {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp],
+            )
+        val = None
+        if args.val_data:
+            loader = make_val_loader(
+                args.val_data,
+                m.image_size,
+                recipe.train.eval_crop_pct,
+                recipe.train.eval_interpolation,
+                workers=args.workers,
+                dist=dist,
+            )
+            val = _MappedVal(loader, val_label_map(loader.dataset.source.classes, m.class_names))
+        source = CacheBatchSource(
+            reader,
+            engine,
+            np.asarray(m.dataset["to_teacher"]),
+            recipe.train.global_batch,
+            dist.rank,
+            dist.world_size,
+            args.workers,
+            with_topk=args.kd == "cached",
+        )
+        options = RunOptions(
+            out_dir=Path(args.out),
+            mode=args.kd,
+            device=args.device,
+            amp=args.amp,
+            channels_last=args.channels_last,
+            progress=args.progress,
+        )
+        trainer = Trainer(
+            recipe,
+            m.num_classes,
+            options,
+            teacher=teacher,
+            val_batches=val,
+            run_info={
+                "cache": str(Path(args.cache).resolve()),
+                "content_digest_of": "see cache",
+                "teacher": m.teacher,
+                "dataset_fingerprint": m.dataset["fingerprint"],
+            },
+        )
+        if args.compile:
+            trainer.train_model = torch.compile(trainer.train_model)
+        if dist.is_main:
+            for line in info:
+                print(line, flush=True)
+        result = trainer.fit(source, resume=args.resume)
+        return result, info
+    finally:
+        close_world(world)
