@@ -86,6 +86,10 @@ def test_replay_rejects_bad_records(make_engine):
     bad[1, 4] |= 1 << 5  # unknown flag bit -> ParamDecodeError, surfaced as ReplayError
     with pytest.raises(ReplayError, match="flag"):
         engine.render_pair(0, some.pair, bad)
+    bad = some.records.copy()
+    bad[0, 2] = 60000  # a crop taller than the source image: refused, not rendered padded
+    with pytest.raises(ValueError, match="exceeds"):
+        engine.render_pair(0, some.pair, bad)
     if MixMode.MIXUP in pairs:
         bad = pairs[MixMode.MIXUP].records.copy()
         bad[1, engine.record_width - 5] ^= 7  # the two views disagree on lambda

@@ -91,6 +91,18 @@ def test_crop_resize_flip_equals_torchvision(image_folder, bicubic, hflip):
             np.testing.assert_array_equal(got, np.asarray(reference_base(img, p, SIZE)), err_msg=src.name(i))
 
 
+@pytest.mark.parametrize(
+    "crop",
+    [(0, 0, 215, 100), (0, 0, 100, 321), (200, 0, 15, 10), (0, 300, 10, 21), (-1, 0, 10, 10), (0, -1, 10, 10)],
+)
+def test_crop_outside_the_image_is_refused(photo, crop):
+    """A crop box beyond the source (a corrupt or foreign record) must not render padded with black."""
+    assert photo.size == (320, 214)
+    render_image(photo, ImageParams(0, 0, 214, 320, False, False), SIZE, None)  # the full image is fine
+    with pytest.raises(ValueError, match="exceeds"):
+        render_image(photo, ImageParams(*crop, False, False), SIZE, None)
+
+
 def test_flip_mirrors_and_interpolations_differ(photo):
     p = ImageParams(20, 30, 150, 170, False, False)
     plain = render_image(photo, p, SIZE, None)

@@ -14,6 +14,11 @@ from kdcache.views.randaug import RASpec, apply_ops
 def render_image(img: Image.Image, p: ImageParams, size: int, spec: RASpec | None) -> np.ndarray:
     """Crop + resize (bilinear/bicubic), flip, RandAugment; returns uint8 (size, size, 3)."""
     resample = Image.Resampling.BICUBIC if p.bicubic else Image.Resampling.BILINEAR
+    if p.left < 0 or p.top < 0 or p.left + p.width > img.width or p.top + p.height > img.height:
+        # Image.crop would silently pad with black; a crop outside the image is a bad (replayed) record.
+        raise ValueError(
+            f"crop (top={p.top}, left={p.left}, h={p.height}, w={p.width}) exceeds the {img.width}x{img.height} image"
+        )
     # Crop, then resize: torchvision's resized_crop on PIL (what timm's RandomResizedCrop calls).
     # Not resize(box=...): that lets the filter read source pixels outside the box at the edges.
     out = img.crop((p.left, p.top, p.left + p.width, p.top + p.height)).resize((size, size), resample)
