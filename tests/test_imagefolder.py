@@ -156,6 +156,24 @@ def test_unreadable_image_raises_data_source_error(fresh_image_folder):
         src.open(i)
 
 
+def test_truncated_image_fails_with_its_name_when_rendered(fresh_image_folder):
+    """The header opens fine; decoding fails later, and must still say which file."""
+    from kdcache.recipe import AugmentConfig
+    from kdcache.views import ViewEngine
+
+    root = fresh_image_folder.root
+    path = root / "china" / "c0_landscape.jpg"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    src = ImageFolderSource(root)
+    sid = [src.name(k) for k in range(len(src))].index("china/c0_landscape.jpg")
+    engine = ViewEngine(src, AugmentConfig(image_size=32, repeats=1), 0)
+    epoch = next(e for e in range(20) if sid in engine.plan(e).sample_ids)  # odd N: one sample sits out
+    slot = int(np.flatnonzero(engine.plan(epoch).sample_ids == sid)[0])
+    with pytest.raises(DataSourceError, match=r"china/c0_landscape\.jpg"):
+        engine.render_pair(epoch, slot // 2)
+
+
 def test_data_source_error_is_a_value_error():
     assert issubclass(DataSourceError, ValueError)
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kdcache.data.rgb import to_rgb
-from kdcache.data.source import ImageSource
+from kdcache.data.source import DataSourceError, ImageSource
 from kdcache.recipe import AugmentConfig
 from kdcache.views import params as P
 from kdcache.views.plan import EpochPlan, make_epoch_plan
@@ -76,7 +76,11 @@ class ViewEngine:
         return plan
 
     def _load(self, sample_id: int):
-        return to_rgb(self.source.open(sample_id))
+        img = self.source.open(sample_id)
+        try:
+            return to_rgb(img)  # pixels are decoded here: a truncated file fails now, not at open()
+        except OSError as e:
+            raise DataSourceError(f"cannot decode image {self.source.name(sample_id)} (sample {sample_id}): {e}") from e
 
     def sample_pair(self, epoch: int, pair: int) -> tuple[P.ViewParams, P.ViewParams]:
         """Params of both outputs of a pair (reads image headers for their sizes)."""
