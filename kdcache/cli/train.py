@@ -47,6 +47,13 @@ from kdcache.cli.common import fail_cleanly
     type=click.IntRange(min=0),
     help="Views re-rendered and compared with their stored digests before training (0: skip).",
 )
+@click.option(
+    "--checkpoint-every",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Also save the resumable checkpoint every N steps within an epoch (0: at epoch ends only).",
+)
 @click.option("--no-progress", is_flag=True)
 @fail_cleanly
 def train(
@@ -71,6 +78,7 @@ def train(
     eval_every,
     average_top,
     replay_check,
+    checkpoint_every,
     no_progress,
 ) -> None:
     """Train a student on the cache's views; the teacher never runs (unless --kd online).
@@ -102,6 +110,7 @@ def train(
         eval_every=eval_every,
         average_top=average_top,
         replay_check=replay_check,
+        checkpoint_every=checkpoint_every,
         progress=not no_progress,
     )
     result, _ = run_train(args)

@@ -40,6 +40,7 @@ class TrainArgs:
     eval_every: int | None = None
     average_top: int | None = None
     replay_check: int = 64
+    checkpoint_every: int = 0
     progress: bool = True
 
 
@@ -215,6 +216,6 @@ def run_train(args: TrainArgs):
             for line in info:
                 print(line, flush=True)
         result = trainer.fit(source, resume=args.resume)
-        return result, info
+        return (result if dist.is_main else None), info
     finally:
         close_world(world)

@@ -1,0 +1,200 @@
+"""`kdcache train` over a real cache: modes, replay, resume, distributed shares, refusals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from build_helpers import REPO, run_cli, write_dataset, write_teacher
+
+NUM_CLASSES = 3
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = write_dataset(root / "data", ["ant", "bee", "cat"], per_class=8)  # 24 images -> 24 slots/epoch
+    weights = write_teacher(root / "teacher.pth", NUM_CLASSES)
+    out = root / "cache"
+    run_cli(
+        "build",
+        "--teacher",
+        "test_resnet",
+        "--teacher-weights",
+        str(weights),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--image-size",
+        "32",
+        "--topk",
+        "3",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
+    return root, data, weights, out
+
+
+def train_args(cache: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--student",
+        "test_resnet",
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--config",
+        "seed",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--replay-check",
+        "8",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _source(cache_dir: Path, with_topk: bool, rank: int = 0, world: int = 1):
+    from kdcache.student.cache_source import CacheBatchSource
+    from kdcache.teacher_cache.replay import open_replay
+    from kdcache.teacher_cache.store import open_cache
+
+    reader = open_cache(cache_dir)
+    engine = open_replay(reader.manifest)
+    return CacheBatchSource(
+        reader,
+        engine,
+        np.asarray(reader.manifest.dataset["to_teacher"]),
+        8,
+        rank,
+        world,
+        workers=0,
+        with_topk=with_topk,
+    )
+
+
+def test_cached_and_online_see_identical_batches_and_agreeing_targets(cache):
+    from kdcache.student.loss import KDLoss
+    from kdcache.student.targets import TeacherTarget
+
+    _, _, weights, out = cache
+    teacher = timm.create_model("test_resnet", pretrained=False, num_classes=NUM_CLASSES)
+    teacher.load_state_dict(torch.load(weights))
+    teacher.eval()
+    cfg = timm.data.resolve_data_config({}, model=teacher)
+    mean, std = (torch.tensor(cfg[k]).view(1, 3, 1, 1) * 255 for k in ("mean", "std"))
+    student = timm.create_model("test_resnet", pretrained=False, num_classes=NUM_CLASSES)
+    loss = KDLoss(NUM_CLASSES, 0.8, 0.2, 1.0, 0.1)
+    cached, online = _source(out, True), _source(out, False)
+    n = 0
+    for a, b in zip(cached.epoch_batches(0), online.epoch_batches(0), strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.y_a, b.y_a) and torch.equal(a.lam, b.lam)
+        assert b.topk_logprob is None and a.topk_logprob is not None
+        with torch.no_grad():
+            x = (b.images.permute(0, 3, 1, 2).float() - mean) / std
+            t_online = TeacherTarget.from_logits(teacher(x))
+            t_cached = TeacherTarget.from_topk(a.topk_logprob, a.topk_class, NUM_CLASSES)
+            # k = C: the cached distribution is the teacher's up to fp16 rounding of log-probs
+            # (|d log p| <= 2^-11 |log p|, so |dp| <= p |log p| 2^-11 <= 1.8e-4).
+            assert torch.max(torch.abs(t_online.log_probs_at(1.0).exp() - t_cached.log_probs_at(1.0).exp())) < 2e-4
+            logits = student((b.images.permute(0, 3, 1, 2).float() - 128) / 64)
+            la = loss(logits, a.y_a, a.y_b, a.lam, t_cached)
+            lb = loss(logits, b.y_a, b.y_b, b.lam, t_online)
+            # KL differs by sum p (dlog p) terms: bounded by the same 2^-11 |log p| relative error.
+            assert abs(float(la.total) - float(lb.total)) < 1e-3 * max(1.0, float(lb.total))
+        n += 1
+    assert n == cached.steps_per_epoch == 3
+
+
+def test_ranks_of_a_two_process_run_see_disjoint_views_covering_the_epoch(cache):
+    out = cache[3]
+    one = [s for b in _source(out, True).epoch_batches(1) for s in b.slots.tolist()]
+    r0 = [s for b in _source(out, True, 0, 2).epoch_batches(1) for s in b.slots.tolist()]
+    r1 = [s for b in _source(out, True, 1, 2).epoch_batches(1) for s in b.slots.tolist()]
+    assert not set(r0) & set(r1)
+    assert sorted(r0 + r1) == sorted(one)
+
+
+def test_two_process_gloo_training_completes(cache, tmp_path):
+    out = cache[3]
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "kdcache",
+        *train_args(out, run, "--epochs", "1"),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "final.pt").is_file() and (run / "metrics.jsonl").is_file()
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt["state_dict"]
+
+
+def test_killed_run_resumes_to_the_same_weights(cache, tmp_path):
+    out = cache[3]
+    full = tmp_path / "full"
+    run_cli(*train_args(out, full))
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "kdcache", *train_args(out, killed, "--checkpoint-every", "1")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not last.exists():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), "no mid-run checkpoint appeared before the run ended"
+    assert not (killed / "final.pt").exists()
+    run_cli(*train_args(out, killed, "--resume"))
+    a, b = _weights(full / "final.pt"), _weights(killed / "final.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_refusals_are_clear(cache, tmp_path):
+    _, data, _, out = cache
+    odd = run_cli(*train_args(out, tmp_path / "a"), "--batch-size", "6", "--epochs", "1", check=False)
+    assert odd.returncode == 0  # 6 is even: fine for one process
+    bad = run_cli(*train_args(out, tmp_path / "b"), "--batch-size", "5", check=False)
+    assert bad.returncode != 0 and "even" in bad.stderr and "Traceback" not in bad.stderr
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    (other / "ant" / "img000.jpg").unlink()
+    fp = run_cli(*train_args(out, tmp_path / "c"), "--data", str(other), check=False)
+    assert fp.returncode != 0 and "fingerprint" in fp.stderr
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("augment:\n  image_size: 64\n")
+    aug = run_cli(*train_args(out, tmp_path / "d"), "--config", str(recipe), check=False)
+    assert aug.returncode != 0 and "image_size" in aug.stderr and "replay" in aug.stderr
