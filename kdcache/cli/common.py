@@ -22,6 +22,15 @@ def is_user_error(e: BaseException) -> bool:
     return type(e).__module__.startswith("kdcache") or isinstance(e, OSError)
 
 
+def user_message(e: BaseException) -> str:
+    msg = str(e)
+    if "Original Traceback" in msg:
+        # Re-raised from a DataLoader worker: the last line is "module.Error: message".
+        last = [line for line in msg.splitlines() if line.strip()][-1]
+        msg = last.split(": ", 1)[1] if ": " in last else last
+    return msg if type(e).__module__.startswith("kdcache") else f"{type(e).__name__}: {msg}"
+
+
 def fail_cleanly(fn):
     """Report user errors as one clean line with exit status 1 instead of a traceback."""
     import functools
@@ -35,7 +44,6 @@ def fail_cleanly(fn):
         except Exception as e:
             if not is_user_error(e):
                 raise
-            msg = str(e) if type(e).__module__.startswith("kdcache") else f"{type(e).__name__}: {e}"
-            raise click.ClickException(msg) from e
+            raise click.ClickException(user_message(e)) from e
 
     return wrapper

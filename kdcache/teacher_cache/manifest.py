@@ -29,6 +29,8 @@ BACKENDS = ("zarr", "wds")
 TEACHER_KEYS = ("name", "weights_sha256", "mean", "std", "input_size", "interpolation", "num_classes")
 DATASET_KEYS = ("fingerprint", "num_samples")
 LIBRARIES = ("torch", "torchvision", "timm", "pillow", "numpy", "zarr")
+# Where the images and the teacher's weights file are: not content, may change between resumes.
+LOCATION_KEYS = (("dataset", "source"), ("teacher", "weights"))
 # A resumed or extended build may change these; every other field must match the stored header.
 RESUMABLE_FIELDS = frozenset({"epochs_planned", "epochs_complete", "created"})
 # Bookkeeping, not content: two caches with equal content but different values here have equal digests.
@@ -114,18 +116,28 @@ class Manifest:
 
     # ---- comparisons --------------------------------------------------------------------------
     def content_dict(self) -> dict[str, Any]:
-        """The fields that define the cache's content (what the content digest covers)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_CONTENT_FIELDS}
+        """The fields that define the cache's content (what the content digest covers). Where the images
+        and the weights file lie is not content: their fingerprint and sha256 are."""
+        out = {k: v for k, v in self.to_dict().items() if k not in NON_CONTENT_FIELDS}
+        for field_name, key in LOCATION_KEYS:
+            if isinstance(out.get(field_name), dict):
+                out[field_name] = {k: v for k, v in out[field_name].items() if k != key}
+        return out
 
     def differences(self, other: Manifest, ignore: frozenset[str] = RESUMABLE_FIELDS) -> list[str]:
         """Dotted names of the fields (one level into dicts) that differ, excluding ``ignore``."""
         a, b = self.to_dict(), other.to_dict()
         out: list[str] = []
+        locations = {f"{f}.{k}" for f, k in LOCATION_KEYS}  # data or weights moved: fingerprints decide
         for k in a:
             if k in ignore or a[k] == b[k]:
                 continue
             if isinstance(a[k], dict) and isinstance(b[k], dict):
-                out.extend(f"{k}.{s}" for s in sorted(set(a[k]) | set(b[k])) if a[k].get(s) != b[k].get(s))
+                out.extend(
+                    f"{k}.{s}"
+                    for s in sorted(set(a[k]) | set(b[k]))
+                    if a[k].get(s) != b[k].get(s) and f"{k}.{s}" not in locations
+                )
             else:
                 out.append(k)
         return out
