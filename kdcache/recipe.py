@@ -41,6 +41,16 @@ class AugmentConfig:
     repeats: int = 3
 
     def __post_init__(self) -> None:
+        for name in ("image_size", "repeats"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise RecipeError(f"augment.{name} must be an integer, got {v!r}")
+        for name in ("scale", "ratio"):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or len(v) != 2 or not all(isinstance(x, (int, float)) for x in v):
+                raise RecipeError(f"augment.{name} must be two numbers [lo, hi], got {v!r}")
+        if not 0 <= self.translate_pct <= 1:
+            raise RecipeError(f"augment.translate_pct must be in [0, 1], got {self.translate_pct}")
         if self.image_size < 8 or self.image_size > 4096:
             raise RecipeError(f"augment.image_size must be in 8..4096, got {self.image_size}")
         if not (0 < self.scale[0] <= self.scale[1] <= 1):

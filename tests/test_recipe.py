@@ -101,22 +101,17 @@ def test_recipe_error_is_a_value_error():
     assert issubclass(RecipeError, ValueError)
 
 
-# Gaps in recipe.py's validation (owned elsewhere; reported, not fixed here). Strict xfail: once
-# fixed, these start passing and pytest asks for the marker to be removed.
-@pytest.mark.xfail(strict=True, reason="recipe.py: a one-element ratio raises IndexError, not RecipeError")
 def test_short_ratio_raises_recipe_error():
     with pytest.raises(RecipeError):
         Recipe.from_dict({"augment": {"ratio": [1.0]}})
 
 
-@pytest.mark.xfail(strict=True, reason="recipe.py: non-integer image_size / repeats are accepted")
 @pytest.mark.parametrize("field", ["image_size", "repeats"])
 def test_non_integer_sizes_raise(field):
     with pytest.raises(RecipeError):
         Recipe.from_dict({"augment": {field: 2.5 if field == "repeats" else 224.5}})
 
 
-@pytest.mark.xfail(strict=True, reason="recipe.py: scale/ratio with three values are accepted")
 def test_three_value_scale_raises():
     with pytest.raises(RecipeError):
         Recipe.from_dict({"augment": {"scale": [0.1, 0.5, 0.9]}})

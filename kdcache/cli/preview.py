@@ -10,7 +10,7 @@ import click
 import numpy as np
 from PIL import Image
 
-from kdcache.cli.common import parse_slots
+from kdcache.cli.common import fail_cleanly, parse_slots
 from kdcache.data import DataSourceError, ImageFolderSource
 from kdcache.recipe import RecipeError, load_recipe
 from kdcache.views import ViewEngine
@@ -34,6 +34,7 @@ from kdcache.views.params import to_json
     "--out", type=click.Path(path_type=Path), help="A .png for one grid, or a directory for one lossless PNG per view."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per view on stdout.")
+@fail_cleanly
 def preview(
     data: Path, recipe: str, seed: int, epoch: int, slots: str, image_size: int | None, out: Path | None, as_json: bool
 ) -> None:

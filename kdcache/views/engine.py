@@ -86,8 +86,11 @@ class ViewEngine:
         """Params of both outputs of a pair (reads image headers for their sizes)."""
         plan = self.plan(epoch)
         s0, s1 = plan.pair_slots(pair)
-        ims = [self.source.open(int(plan.sample_ids[s])) for s in (s0, s1)]
-        return self._sample(plan, pair, [im.size for im in ims])
+        sizes = []
+        for s in (s0, s1):
+            with self.source.open(int(plan.sample_ids[s])) as im:  # header only: the size
+                sizes.append(im.size)
+        return self._sample(plan, pair, sizes)
 
     def _sample(self, plan: EpochPlan, pair: int, sizes) -> tuple[P.ViewParams, P.ViewParams]:
         mix = sample_mix_params(mix_generator(self.seed, plan.epoch, pair), self.augment.image_size, self.augment)
