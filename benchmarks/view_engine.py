@@ -1,0 +1,458 @@
+"""Views/s of kdcache's view engine against timm's own training input pipeline, on the same JPEGs.
+
+kdcache: ``PairDataset`` (decode + keyed sampling + render + Mixup/CutMix pair + digest + param
+record) through a torch DataLoader with ``collate_pairs``.
+timm:    ``ImageDataset`` with ``create_transform(224, is_training=True, auto_augment='rand-m7-mstd0.5',
+interpolation='random', use_prefetcher=True)`` (uint8 output) and ``FastCollateMixup`` in 'pair'
+mode as collate: timm's real training loader path, minus the on-device normalisation that both
+pipelines leave to the GPU.
+
+Both run with the same number of DataLoader workers, batch size (in views) and images; the two are
+timed alternately, A/B/A/B, and the median of the per-round ratios is reported, so load from other
+processes on a shared machine hits both sides alike.
+
+    python benchmarks/view_engine.py [--images N] [--workers W] [--rounds R] [--batch B]
+    python benchmarks/view_engine.py --workers 0          # single process
+    python benchmarks/view_engine.py --replay             # kdcache replays stored records, as training does
+    python benchmarks/view_engine.py --breakdown          # also per-stage ms/view, one process
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL
+import timm
+import torch
+from PIL import Image, features
+from timm.data import FastCollateMixup, ImageDataset, create_transform
+from torch.utils.data import DataLoader
+
+from kdcache.data import ImageFolderSource
+from kdcache.recipe import AugmentConfig
+from kdcache.views import PairDataset, ViewEngine, collate_pairs
+
+# (width, height, weight): ImageNet-like shapes, landscape most common.
+_SHAPES = (
+    (500, 375, 8),
+    (375, 500, 3),
+    (500, 333, 4),
+    (333, 500, 1),
+    (500, 400, 2),
+    (500, 500, 2),
+    (400, 300, 1),
+    (640, 480, 1),
+    (800, 600, 1),
+)
+
+
+# ---- synthetic ImageNet-like data ---------------------------------------------------------------
+def _base_photos() -> list[Image.Image]:
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError:
+        return []
+    return [Image.fromarray(a) for a in load_sample_images().images]
+
+
+def _smooth_noise(g: np.random.Generator, w: int, h: int) -> Image.Image:
+    """Multi-scale smoothed noise + a linear colour gradient + fine grain."""
+    acc = np.zeros((h, w, 3), np.float32)
+    for cells, amp in ((3, 2.2), (12, 1.2), (48, 0.6)):
+        lo = g.normal(0, 1, (cells, max(1, round(cells * w / h)), 3)) * 40 + 128
+        up = Image.fromarray(lo.clip(0, 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+        acc += (np.asarray(up, np.float32) - 128) * amp
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = g.uniform(0, 2 * np.pi)
+    acc += (np.cos(a) * xx / w + np.sin(a) * yy / h)[..., None] * g.uniform(-80, 80, 3).astype(np.float32)
+    acc += 128 + g.normal(0, g.uniform(4, 10), (h, w, 3)).astype(np.float32)
+    return Image.fromarray(acc.clip(0, 255).astype(np.uint8))
+
+
+def _photo_crop(g: np.random.Generator, base: Image.Image, w: int, h: int) -> Image.Image:
+    """A random crop of a real photo, resized to (w, h), re-coloured, with sensor-like noise."""
+    bw, bh = base.size
+    s = g.uniform(0.35, 1.0)
+    cw, ch = int(bw * s), int(bh * s)
+    if cw / ch > w / h:
+        cw = int(ch * w / h)
+    else:
+        ch = int(cw * h / w)
+    x, y = int(g.integers(0, bw - cw + 1)), int(g.integers(0, bh - ch + 1))
+    im = base.resize((w, h), Image.Resampling.BICUBIC, box=(x, y, x + cw, y + ch))
+    if g.random() < 0.5:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    arr = np.asarray(im, np.float32) * g.uniform(0.7, 1.2, 3).astype(np.float32)
+    arr += g.normal(0, g.uniform(4, 10), (h, w, 3)).astype(np.float32)
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+
+
+def make_imagefolder(root: Path, n: int, num_classes: int, seed: int = 0) -> dict:
+    """Write n JPEGs (quality 90) into root/<class>/; returns size statistics."""
+    g = np.random.default_rng(seed)
+    photos = _base_photos()
+    weights = np.array([s[2] for s in _SHAPES], float)
+    nbytes, pixels = [], []
+    for i in range(n):
+        w, h, _ = _SHAPES[int(g.choice(len(_SHAPES), p=weights / weights.sum()))]
+        if photos and g.random() < 0.6:
+            im = _photo_crop(g, photos[int(g.integers(len(photos)))], w, h)
+        else:
+            im = _smooth_noise(g, w, h)
+        d = root / f"class_{i % num_classes:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90)
+        (d / f"img_{i:06d}.jpg").write_bytes(buf.getvalue())
+        nbytes.append(buf.tell())
+        pixels.append(w * h)
+    return {"mean_kb": np.mean(nbytes) / 1e3, "mean_mpix": np.mean(pixels) / 1e6, "photo_share": bool(photos)}
+
+
+# ---- the two pipelines --------------------------------------------------------------------------
+def timm_loader(root: Path, batch: int, workers: int, num_classes: int, size: int) -> DataLoader:
+    transform = create_transform(
+        size, is_training=True, auto_augment="rand-m7-mstd0.5", interpolation="random", use_prefetcher=True
+    )
+    collate = FastCollateMixup(
+        mixup_alpha=0.2,
+        cutmix_alpha=1.0,
+        prob=1.0,
+        switch_prob=0.5,
+        mode="pair",
+        label_smoothing=0.1,
+        num_classes=num_classes,
+    )
+    ds = ImageDataset(str(root), transform=transform)
+    return DataLoader(
+        ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0
+    )
+
+
+class TiledSource:
+    """An ImageSource of ``size`` samples whose sample i is image ``i % len(source)``.
+
+    Lets the epoch plan have a real dataset's size (its per-pair cost grows with it) while the pass
+    decodes only the benchmark's images.
+    """
+
+    def __init__(self, source: ImageFolderSource, size: int):
+        self.source, self.size = source, size
+
+    @property
+    def classes(self) -> list[str]:
+        return self.source.classes
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.source.fingerprint}x{self.size}"
+
+    def __len__(self) -> int:
+        return self.size
+
+    def label(self, sample_id: int) -> int:
+        return self.source.label(sample_id % len(self.source))
+
+    def name(self, sample_id: int) -> str:
+        return self.source.name(sample_id % len(self.source))
+
+    def open(self, sample_id: int) -> Image.Image:
+        return self.source.open(sample_id % len(self.source))
+
+
+def kdcache_loader(root: Path, batch: int, workers: int, size: int, plan_size: int, replay: bool) -> DataLoader:
+    source = ImageFolderSource(root)
+    n = len(source)
+    if plan_size > n:
+        source = TiledSource(source, plan_size)
+    engine = ViewEngine(source, AugmentConfig(image_size=size), seed=0)
+    records = None
+    if replay:  # sample once here; the timed passes decode the stored records, as training does
+        records = np.zeros((engine.plan(0).num_slots, engine.record_width), np.uint16)
+        for pair in range(n // 2):
+            records[2 * pair : 2 * pair + 2] = engine.render_pair(0, pair).records
+    ds = PairDataset(engine, epoch=0, pairs=range(n // 2), records=records)
+    return DataLoader(
+        ds, batch_size=batch // 2, num_workers=workers, collate_fn=collate_pairs, persistent_workers=workers > 0
+    )
+
+
+def _views(b) -> int:
+    return int(b["images"].shape[0]) if isinstance(b, dict) else int(b[0].shape[0])
+
+
+def _proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux /proc); 0.0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(it) -> float:
+    """CPU time of this process plus the iterator's DataLoader workers."""
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+    return time.process_time() + sum(_proc_cpu_seconds(p) for p in pids)
+
+
+def timed_pass(loader: DataLoader, max_batches: int | None = None) -> tuple[int, float, float]:
+    """One pass: (views, wall seconds, CPU seconds of the main process and the workers)."""
+    it = iter(loader)  # persistent workers: resuming drains leftovers here, outside the timer
+    n = 0
+    c0, t0 = _cpu_seconds(it), time.perf_counter()
+    for k, b in enumerate(it):
+        n += _views(b)
+        if max_batches is not None and k + 1 >= max_batches:
+            break
+    t1 = time.perf_counter()
+    return n, t1 - t0, _cpu_seconds(it) - c0
+
+
+# ---- per-stage breakdown (one process, no DataLoader) ---------------------------------------------
+def breakdown(root: Path, n: int, size: int, num_classes: int) -> list[tuple[str, float, float]]:
+    """Total ms per view of each stage of both pipelines, interleaved image by image."""
+    import random
+
+    from torchvision.transforms import functional as TF
+
+    from kdcache.data.rgb import to_rgb
+    from kdcache.views import params as P
+    from kdcache.views.randaug import apply_ops
+    from kdcache.views.render import digest, mix_pair, render_image
+
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    src = ImageFolderSource(root)
+    engine = ViewEngine(src, AugmentConfig(image_size=size), seed=0)
+    plan = engine.plan(0)
+    ttf = create_transform(
+        size, is_training=True, auto_augment="rand-m7-mstd0.5", interpolation="random", use_prefetcher=True
+    ).transforms
+    rrc, flip, ra, to_t = ttf[0], ttf[1], ttf[2], ttf[-1]
+    mixer = FastCollateMixup(mixup_alpha=0.2, cutmix_alpha=1.0, mode="pair", num_classes=num_classes)
+    k: dict[str, float] = {}
+    t: dict[str, float] = {}
+
+    def tick(d, name, t0):
+        t1 = time.perf_counter()
+        d[name] = d.get(name, 0.0) + t1 - t0
+        return t1
+
+    warm = 4  # pairs rendered before the clocks start (lazy imports, first-call costs)
+    pairs = min(n, plan.num_slots) // 2
+
+    def run_kdcache(pair: int, check: bool) -> None:
+        """kdcache, stage by stage: what ViewEngine.render_pair does (checked during the warm-up)."""
+        t0 = time.perf_counter()
+        ims = [to_rgb(src.open(i)) for i in pair_ids(pair)]
+        t0 = tick(k, "decode (open + RGB)", t0)
+        params = engine._sample(plan, pair, [im.size for im in ims])
+        t0 = tick(k, "sample params", t0)
+        outs = []
+        for im, p in zip(ims, params, strict=True):
+            q = p.image
+            res = Image.Resampling.BICUBIC if q.bicubic else Image.Resampling.BILINEAR
+            o = im.crop((q.left, q.top, q.left + q.width, q.top + q.height)).resize((size, size), res)
+            t0 = tick(k, "crop + resize", t0)
+            if q.hflip:
+                o = o.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            t0 = tick(k, "flip", t0)
+            o = apply_ops(o, q.ops, engine.spec)
+            t0 = tick(k, "RandAugment", t0)
+            outs.append(np.asarray(o, dtype=np.uint8))
+            t0 = tick(k, "to array", t0)
+        oa, ob = mix_pair(outs[0], outs[1], params[0].mix)
+        np.stack([oa, ob])
+        t0 = tick(k, "mix + stack", t0)
+        [digest(oa), digest(ob)]
+        np.stack([P.encode(p, engine.n_ops) for p in params])
+        tick(k, "digest + param record", t0)
+        if check:
+            for im, p, o in zip(ims, params, outs, strict=True):
+                if not np.array_equal(o, render_image(im, p.image, size, engine.spec)):
+                    raise RuntimeError("breakdown stages no longer mirror kdcache.views.render.render_image")
+
+    def run_timm(pair: int) -> None:
+        """timm's transforms and FastCollateMixup on the same two images."""
+        outs = []
+        for i in pair_ids(pair):
+            t0 = time.perf_counter()
+            with open(src.path(i), "rb") as f:
+                im = Image.open(f).convert("RGB")
+            t0 = tick(t, "decode (open + RGB)", t0)
+            i_, j_, h_, w_ = rrc.get_params(im, rrc.scale, rrc.ratio)
+            interp = random.choice(rrc.interpolation) if isinstance(rrc.interpolation, tuple) else rrc.interpolation
+            t0 = tick(t, "sample params", t0)  # crop + interpolation; flip/RA/mix draw inside their stages
+            o = TF.resized_crop(im, i_, j_, h_, w_, list(rrc.size), interp)
+            t0 = tick(t, "crop + resize", t0)
+            o = flip(o)
+            t0 = tick(t, "flip", t0)
+            o = ra(o)
+            t0 = tick(t, "RandAugment", t0)
+            outs.append((to_t(o), 0))
+            t0 = tick(t, "to array", t0)
+        mixer(outs)
+        tick(t, "mix + stack", t0)  # timm has no digest / param-record stage
+
+    def pair_ids(pair: int) -> list[int]:
+        return [int(plan.sample_ids[s]) for s in plan.pair_slots(pair)]
+
+    for pair_i in range(-warm, pairs):
+        if pair_i == 0:
+            k.clear()
+            t.clear()
+        pair = pair_i % pairs
+        if pair_i % 2:  # alternate which pipeline goes first
+            run_timm(pair)
+            run_kdcache(pair, check=pair_i < 0)
+        else:
+            run_kdcache(pair, check=pair_i < 0)
+            run_timm(pair)
+    nviews = 2 * pairs
+    return [(name, 1e3 * k[name] / nviews, 1e3 * t.get(name, 0.0) / nviews) for name in k]
+
+
+# ---- report -------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> list[str]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    turbo = features.version_feature("libjpeg_turbo") if features.check_feature("libjpeg_turbo") else "no"
+    return [
+        f"command : {shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}",
+        f"cpu     : {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), load avg {load[0]:.2f}",
+        f"python  : {platform.python_version()}  torch {torch.__version__} (threads {torch.get_num_threads()})  "
+        f"timm {timm.__version__}  pillow {PIL.__version__} (libjpeg-turbo {turbo})  numpy {np.__version__}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=512, help="JPEGs in the synthetic ImageFolder (even)")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for both pipelines (0 = in-process)")
+    ap.add_argument("--rounds", type=int, default=8, help="A/B rounds; each round = one full pass of each")
+    ap.add_argument("--batch", type=int, default=64, help="views per batch (even), both pipelines")
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument(
+        "--plan-size",
+        type=int,
+        default=1_281_167,
+        help="lay kdcache's epoch plan out for this many samples (default: ImageNet-1k train), each mapped "
+        "onto one of the --images files; 0 = plan over the files only",
+    )
+    ap.add_argument("--data", type=Path, help="use this ImageFolder instead of generating one")
+    ap.add_argument(
+        "--replay", action="store_true", help="kdcache replays stored records (training) instead of sampling"
+    )
+    ap.add_argument("--breakdown", action="store_true", help="also print per-stage ms/view (one process)")
+    args = ap.parse_args(argv)
+    if args.batch % 2 or args.images % 2 or args.images < args.batch:
+        ap.error("--batch and --images must be even, and --images >= --batch")
+    if args.workers == 0:
+        torch.set_num_threads(1)  # one core each: compare per-core cost
+
+    print("\n".join(machine_info()))
+    with tempfile.TemporaryDirectory(prefix="kdcache-bench-") as tmp:
+        root = args.data or Path(tmp) / "train"
+        if args.data is None:
+            t0 = time.perf_counter()
+            st = make_imagefolder(root, args.images, args.classes)
+            print(
+                f"data    : {args.images} synthetic JPEGs q90 in {args.classes} classes, "
+                f"mean {st['mean_mpix']:.3f} Mpix, {st['mean_kb']:.0f} KB ({time.perf_counter() - t0:.1f} s to write)"
+            )
+        else:
+            print(f"data    : {root}")
+        num_classes = len(ImageFolderSource(root).classes)
+        loaders = {
+            "kdcache": kdcache_loader(root, args.batch, args.workers, args.size, args.plan_size, args.replay),
+            "timm": timm_loader(root, args.batch, args.workers, num_classes, args.size),
+        }
+        print(
+            f"setup   : {args.workers} DataLoader workers, batch {args.batch} views, {args.size}px, "
+            f"{args.rounds} rounds A/B/A/B, each pass over all {args.images} images"
+        )
+        path = "replays stored records (training path)" if args.replay else "samples params (build path)"
+        print(f"          kdcache {path}")
+        if args.plan_size > args.images:
+            print(
+                f"          kdcache plan laid out for {args.plan_size} samples; its first {args.images} slots rendered"
+            )
+        # Warm-up: start workers, fill page cache, build RandAugment ops and the epoch plan.
+        for ld in loaders.values():
+            timed_pass(ld, max_batches=max(1, args.workers))
+        rows = []  # (round, load avg, kdcache views/s, timm views/s, kdcache CPU ms/view, timm CPU ms/view)
+        for r in range(args.rounds):
+            # Strictly alternating A/B/A/B: every pass follows a pass of the other pipeline. (A/B/B/A
+            # runs each pipeline twice back to back, and the second of those passes is measurably faster.)
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            rate, cpu = {}, {}
+            for name in ("kdcache", "timm"):
+                n, wall, cpu_s = timed_pass(loaders[name])
+                rate[name], cpu[name] = n / wall, 1e3 * cpu_s / n
+            rows.append((r, load, rate["kdcache"], rate["timm"], cpu["kdcache"], cpu["timm"]))
+        del loaders
+
+    print()
+    head = ("round", "load", "kdcache views/s", "timm views/s", "ratio", "kdcache CPU ms/view", "timm CPU ms/view")
+    fmt = "  ".join(f"{{:>{w}}}" for w in (6, 5, 15, 12, 6, 19, 16))
+    print(fmt.format(*head))
+    wall_q = [a / b for _, _, a, b, _, _ in rows]
+    cpu_q = [cb / ca for *_, ca, cb in rows if ca > 0]
+    for (r, load, a, b, ca, cb), q in zip(rows, wall_q, strict=True):
+        print(fmt.format(r, f"{load:.1f}", f"{a:.1f}", f"{b:.1f}", f"{q:.3f}", f"{ca:.2f}", f"{cb:.2f}"))
+    med = statistics.median(wall_q)
+    col = list(zip(*rows, strict=True))
+    print(
+        fmt.format(
+            "median",
+            "",
+            f"{statistics.median(col[2]):.1f}",
+            f"{statistics.median(col[3]):.1f}",
+            f"{med:.3f}",
+            f"{statistics.median(col[4]):.2f}",
+            f"{statistics.median(col[5]):.2f}",
+        )
+    )
+    print(f"\nkdcache / timm, wall-clock views/s  : {med:.3f}x (median of per-round ratios; goal >= 0.9x)")
+    if cpu_q:
+        print(f"kdcache / timm, views per CPU-second: {statistics.median(cpu_q):.3f}x (less sensitive to other load)")
+
+    if args.breakdown:
+        with tempfile.TemporaryDirectory(prefix="kdcache-bench-") as tmp:
+            root = args.data or Path(tmp) / "train"
+            if args.data is None:
+                make_imagefolder(root, min(args.images, 256), args.classes)
+            stages = breakdown(root, min(args.images, 256), args.size, num_classes)
+        print(f"\n{'stage (one process)':<28} {'kdcache ms/view':>15} {'timm ms/view':>13}")
+        for name, a, b in stages:
+            print(f"{name:<28} {a:>15.3f} {b:>13.3f}")
+        print(f"{'total':<28} {sum(s[1] for s in stages):>15.3f} {sum(s[2] for s in stages):>13.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
