@@ -398,3 +398,11 @@ def test_mix_probabilities(changes, expect):
     for m in mixes:
         if m.mode == MixMode.NONE:
             assert m.lam == 1.0 and m.box == (0, 0, 0, 0)
+
+
+def test_seeds_beyond_one_word_are_refused_rather_than_aliased():
+    from kdcache.views.rng import Domain, keyed_generator
+
+    keyed_generator(2**32 - 1, Domain.PLAN, 0)
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        keyed_generator(2**32 + 5, Domain.PLAN, 0)

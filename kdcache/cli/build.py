@@ -33,7 +33,7 @@ from kdcache.cli.common import fail_cleanly
 @click.option("--repeats", type=click.IntRange(1, 255), help="Repeated augmentation R [recipe: 3].")
 @click.option("--topk", default=10, show_default=True, type=click.IntRange(min=1), help="Soft labels kept per view.")
 @click.option("--image-size", type=click.IntRange(8, 4096), help="View size in pixels [recipe: 224].")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of every view.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1), help="Seed of every view.")
 @click.option("--recipe", default="seed", show_default=True, help="Preset name or recipe YAML file.")
 @click.option(
     "--teacher-weights",

@@ -26,7 +26,7 @@ from kdcache.views.params import to_json
     help="ImageFolder root (one sub-folder per class).",
 )
 @click.option("--recipe", default="seed", show_default=True, help="Preset name or recipe YAML file.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="View seed.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1), help="View seed.")
 @click.option("--epoch", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--slots", default="0:16", show_default=True, help="Half-open slot range A:B of the epoch.")
 @click.option("--image-size", type=click.IntRange(8, 4096), help="Override the recipe's image size.")

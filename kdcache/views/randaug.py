@@ -77,6 +77,8 @@ def parse_rand_augment(
     for op in ra.ops:
         if op.name not in OP_CODES:
             raise UnsupportedAugmentation(f"RandAugment op {op.name!r} has no kdcache op code")
+        if op.aug_fn is taa.gaussian_blur_rand:
+            raise UnsupportedAugmentation(f"RandAugment op {op.name!r} draws its radius from Python's global random")
         if op.level_fn is taa._enhance_increasing_level_to_arg:
             raise UnsupportedAugmentation(
                 f"RandAugment op {op.name!r} draws a non-linear random sign inside timm; use the default op set"

@@ -24,7 +24,9 @@ class Domain(IntEnum):
 
 def keyed_generator(seed: int, domain: Domain, *coords: int) -> np.random.Generator:
     """A fresh generator for one key; pure function of its arguments."""
-    if seed < 0 or any(c < 0 for c in coords):
-        raise ValueError(f"seed and coordinates must be non-negative, got seed={seed} coords={coords}")
+    if not 0 <= seed < 2**32 or any(not 0 <= c < 2**32 for c in coords):
+        # SeedSequence splits larger integers into 32-bit words and drops trailing zero words, so
+        # seed 2**32 + 5 at epoch 0 would alias seed 5 at epoch 1: keep every entry one word.
+        raise ValueError(f"seed and coordinates must be in [0, 2**32), got seed={seed} coords={coords}")
     entropy = [int(seed), int(domain), *(int(c) for c in coords)]
     return np.random.Generator(np.random.Philox(np.random.SeedSequence(entropy)))
