@@ -7,8 +7,11 @@ classes c_1..c_k out of C classes and temperature T:
     p_c = max(0, 1 - sum_i exp(l_i)) / (C - k)   otherwise
     q_c = p_c^(1/T) / sum_c' p_c'^(1/T)
 
-All arithmetic is float32. At T = 1 the normalisation only matters when fp16 rounding pushed the
-top-k mass above 1.
+The k exponentials and both sums (top-k mass, normaliser) run in float64, the rest in float32:
+1 - mass cancels badly when the mass is close to 1, where a 1-ulp float32 difference between two
+exp implementations would become a visible difference; in float64 numpy and torch agree to float32
+rounding whatever their summation order. At T = 1 the normalisation only matters when fp16
+rounding pushed the top-k mass above 1.
 """
 
 from __future__ import annotations
@@ -39,24 +42,29 @@ def topk_to_probs(logprobs: Any, classes: Any, num_classes: int, temperature: fl
 
 
 def _numpy_probs(lp: np.ndarray, cls: np.ndarray, c: int, t: float) -> np.ndarray:
-    p = np.exp(lp.astype(np.float32))
-    rest = np.maximum(np.float32(0), np.float32(1) - p.sum(-1, keepdims=True, dtype=np.float32))
-    rest = rest / np.float32(max(c - lp.shape[-1], 1))
+    p64 = np.exp(lp.astype(np.float64))
+    mass = p64.sum(-1, keepdims=True)
+    p = p64.astype(np.float32)
+    rest = (np.maximum(0.0, 1.0 - mass) / max(c - lp.shape[-1], 1)).astype(np.float32)
     out = np.broadcast_to(rest, (*lp.shape[:-1], c)).copy()
     np.put_along_axis(out, cls.astype(np.int64), p, axis=-1)
     if t != 1.0:
         out = np.power(out, np.float32(1.0 / t))
-    return out / out.sum(-1, keepdims=True, dtype=np.float32)
+    return out / out.sum(-1, keepdims=True, dtype=np.float64).astype(np.float32)
 
 
 def _torch_probs(lp: Any, cls: Any, c: int, t: float) -> Any:
-    p = lp.float().exp()
-    rest = (1.0 - p.sum(-1, keepdim=True)).clamp_min(0.0) / float(max(c - lp.shape[-1], 1))
+    import torch
+
+    p64 = lp.double().exp()
+    mass = p64.sum(-1, keepdim=True)
+    p = p64.float()
+    rest = ((1.0 - mass).clamp_min(0.0) / float(max(c - lp.shape[-1], 1))).float()
     out = rest.expand(*lp.shape[:-1], c).clone()
     out.scatter_(-1, cls.long(), p)
     if t != 1.0:
         out = out.pow(1.0 / t)
-    return out / out.sum(-1, keepdim=True)
+    return out / out.sum(-1, keepdim=True, dtype=torch.float64).float()
 
 
 def logits_to_topk(logits: Any, k: int) -> tuple[Any, Any]:
