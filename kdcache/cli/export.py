@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -28,7 +29,7 @@ def export(cache: Path, fmt: str, out: Path, no_check: bool) -> None:
     writer = create_or_open_writer(out, src.manifest.replace(epochs_complete=()), backend=fmt)
     done = writer.completed_units()
     todo = sorted(src.completed_units() - done)
-    with click.progressbar(todo, label=f"export to {fmt}", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(todo, label=f"export to {fmt}", file=sys.stderr) as bar:
         for epoch, unit in bar:
             writer.write_unit(epoch, unit, src.read_unit(epoch, unit))
     writer.finalize()

@@ -68,7 +68,9 @@ def synthetic_unit(manifest: Manifest, epoch: int, unit: int, *, peak: float = 1
     n_ops = (manifest.record_width - P.record_width(0)) // 2
     records, lam = synthetic_records(g, b - a, n_ops, manifest.image_size)
     labels = (ids.astype(np.int64) * manifest.num_classes) // manifest.dataset["num_samples"]
-    lp, cls = synthetic_topk(g, labels, labels.reshape(-1, 2)[:, ::-1].reshape(-1), lam, manifest, peak, noise)
+    lp, cls = synthetic_topk(
+        g, labels, np.ascontiguousarray(labels.reshape(-1, 2)[:, ::-1]).reshape(-1), lam, manifest, peak, noise
+    )
     return UnitData(
         sample_id=ids,
         repeat=plan.repeats[a:b].astype(np.uint8),
