@@ -20,37 +20,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from build_helpers import write_dataset, write_teacher  # noqa: E402
+from build_helpers import tiny_build, write_dataset, write_teacher  # noqa: E402
 
 
 def build_cmd(data: Path, weights: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "kdcache",
-        "build",
-        "--teacher",
-        "test_resnet",
-        "--teacher-weights",
-        str(weights),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--image-size",
-        "32",
-        "--topk",
-        "3",
-        "--epochs",
-        "3",
-        "--unit-size",
-        "2",
-        "--batch-size",
-        "2",
-        "--workers",
-        "0",
-        "--no-progress",
-    ]
+    args = tiny_build(data, weights, out, "--epochs", "3", "--unit-size", "2", "--batch-size", "2")
+    return [sys.executable, "-m", "kdcache", *args]
 
 
 def digest(out: Path) -> str:

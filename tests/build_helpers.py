@@ -82,5 +82,33 @@ def run_cli(
     return result
 
 
+def tiny_build(data: Path, weights: Path, out: Path, *extra: str) -> list[str]:
+    """Arguments of a small, fast build with a `test_resnet` teacher; later options in ``extra``
+    override the defaults (click keeps the last value of a repeated option)."""
+    return [
+        "build",
+        "--teacher",
+        "test_resnet",
+        "--teacher-weights",
+        str(weights),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--image-size",
+        "32",
+        "--topk",
+        "3",
+        "--unit-size",
+        "6",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
+
+
 def cache_info(path: Path) -> dict:
     return json.loads(run_cli("info", str(path), "--json").stdout)

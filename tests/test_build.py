@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from build_helpers import REPO, cache_info, run_cli, write_dataset, write_teacher
+from build_helpers import REPO, cache_info, run_cli, tiny_build, write_dataset, write_teacher
 
 NUM_CLASSES = 3
 
@@ -27,29 +27,7 @@ def setup(tmp_path_factory):
 
 
 def build_args(data: Path, weights: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "build",
-        "--teacher",
-        "test_resnet",
-        "--teacher-weights",
-        str(weights),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--image-size",
-        "32",
-        "--topk",
-        "3",
-        "--unit-size",
-        "6",
-        "--batch-size",
-        "4",
-        "--workers",
-        "0",
-        "--no-progress",
-        *extra,
-    ]
+    return tiny_build(data, weights, out, *extra)
 
 
 @pytest.fixture(scope="module")

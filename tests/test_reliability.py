@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from build_helpers import REPO, cache_info, run_cli, write_dataset, write_teacher
+from build_helpers import REPO, cache_info, run_cli, tiny_build, write_dataset, write_teacher
 
 
 @pytest.fixture(scope="module")
@@ -25,31 +25,7 @@ def env(tmp_path_factory):
 
 
 def build(data: Path, weights: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "build",
-        "--teacher",
-        "test_resnet",
-        "--teacher-weights",
-        str(weights),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--image-size",
-        "32",
-        "--topk",
-        "3",
-        "--epochs",
-        "2",
-        "--unit-size",
-        "4",
-        "--batch-size",
-        "4",
-        "--workers",
-        "0",
-        "--no-progress",
-        *extra,
-    ]
+    return tiny_build(data, weights, out, "--epochs", "2", "--unit-size", "4", *extra)
 
 
 def copy_data(env, tmp_path: Path) -> Path:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from build_helpers import REPO, run_cli, write_dataset, write_teacher
+from build_helpers import REPO, run_cli, tiny_build, write_dataset, write_teacher
 
 NUM_CLASSES = 3
 
@@ -25,28 +25,7 @@ def cache(tmp_path_factory):
     data = write_dataset(root / "data", ["ant", "bee", "cat"], per_class=8)  # 24 images -> 24 slots/epoch
     weights = write_teacher(root / "teacher.pth", NUM_CLASSES)
     out = root / "cache"
-    run_cli(
-        "build",
-        "--teacher",
-        "test_resnet",
-        "--teacher-weights",
-        str(weights),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--image-size",
-        "32",
-        "--topk",
-        "3",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--no-progress",
-    )
+    run_cli(*tiny_build(data, weights, out, "--epochs", "2", "--batch-size", "8", "--unit-size", "10240"))
     return root, data, weights, out
 
 
