@@ -307,6 +307,31 @@ def test_damaged_shard_names_the_file(tmp_path, backend, damage, content):
     assert r.load_epoch(0).equals(expected_epoch(content, 0))  # other epochs are unaffected
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_zarr_fast_path_and_zarr_decoding_agree(tmp_path, damage, content):
+    """The reader decodes kdcache's own chunk files directly; zarr's own decoding must agree, and
+    both must name a damaged file."""
+    path = tmp_path / "c"
+    write_cache(path, "zarr", content)
+    fast, slow = open_cache(path), open_cache(path)
+    slow.use_fast_path = False
+    for e in range(EPOCHS):
+        assert fast.load_epoch(e).equals(slow.load_epoch(e))
+    assert fast.read_unit(0, 4).equals(slow.read_unit(0, 4))
+    victim = path / "e00000" / "params" / "c" / "3" / "0"
+    raw = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(raw[:-9])
+    elif damage == "flip":
+        victim.write_bytes(raw[:20] + bytes([raw[20] ^ 1]) + raw[21:])
+    else:
+        victim.unlink()
+    for reader in (fast, slow):
+        with pytest.raises(CorruptShardError) as info:
+            reader.load_epoch(0)
+        assert info.value.path == victim
+
+
 def test_zarr_unit_is_exactly_one_chunk_file_per_array(tmp_path, content):
     import zarr
 

@@ -130,8 +130,6 @@ def synthetic_topk(
     """Top-k of a teacher whose logits are noise + peak*lam at label_a + peak*(1-lam) at label_b."""
     import torch
 
-    from kdcache.teacher_cache.topk import logits_to_topk
-
     n, c, k = label_a.shape[0], manifest.num_classes, manifest.topk
     lp_out = np.empty((n, k), np.float16)
     cls_out = np.empty((n, k), class_dtype(c))
@@ -143,6 +141,7 @@ def synthetic_topk(
         la = torch.from_numpy(lam[s:e]).float()
         logits[rows, torch.from_numpy(label_a[s:e])] += peak * la
         logits[rows, torch.from_numpy(label_b[s:e])] += peak * (1 - la)
-        lp, cls = logits_to_topk(logits, k)
-        lp_out[s:e], cls_out[s:e] = lp.numpy(), cls.numpy()
+        # torch.topk, not logits_to_topk: 8x faster on CPU, and exact ties do not occur in random logits.
+        lp, cls = torch.log_softmax(logits, -1).topk(k, dim=-1)
+        lp_out[s:e], cls_out[s:e] = lp.clamp_min(-65504).numpy(), cls.numpy()
     return lp_out, cls_out
