@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,13 @@ from click.testing import CliRunner
 from kdcache.cli.main import cli
 from kdcache.teacher_cache import create_or_open_writer, num_units, open_cache
 from kdcache.teacher_cache.synthetic import synthetic_manifest, synthetic_unit
+
+
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch):
+    # Durability is not under test here (crash consistency is, by the commit order); fsync on this
+    # disk costs ~5 ms a call and the suite makes hundreds.
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
 
 
 def build(path: Path, backend: str = "zarr", epochs_done: int = 2, finalize: bool = True, **kw):

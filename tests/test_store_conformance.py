@@ -34,6 +34,13 @@ EPOCHS = 2
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch):
+    # Durability is not under test here (crash consistency is, by the commit order); fsync on this
+    # disk costs ~5 ms a call and the suite makes hundreds.
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+
+
 def make_manifest(backend: str, **kw):
     # 301 samples -> 300 slots -> units of 64: 4 full units and a short last one (44 views).
     return synthetic_manifest(backend=backend, num_samples=301, unit_size=64, epochs=EPOCHS, **kw)

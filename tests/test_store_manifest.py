@@ -106,7 +106,7 @@ json_values = st.recursive(
 FIELDS = sorted(VALID)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(FIELDS), st.booleans(), json_values), min_size=1, max_size=3))
 def test_fuzz_mutated_manifests_raise_only_manifest_error(mutations):
     d = json.loads(json.dumps(VALID))
@@ -124,7 +124,7 @@ def test_fuzz_mutated_manifests_raise_only_manifest_error(mutations):
     assert Manifest.from_json(m.to_json()) == m  # whatever is accepted must round-trip
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.one_of(st.text(max_size=200), st.binary(max_size=200), json_values.map(json.dumps)))
 def test_fuzz_arbitrary_input_raises_only_manifest_error(text):
     with pytest.raises(ManifestError):
