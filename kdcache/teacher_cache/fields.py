@@ -29,7 +29,7 @@ def field_layout(record_width: int, topk: int, num_classes: int) -> dict[str, tu
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # == on arrays is ambiguous; use equals()
 class UnitData:
     """Rows of consecutive slots: the arrays of one work unit (or any slot range)."""
 
@@ -92,7 +92,7 @@ class UnitData:
         return cls(**{n: np.concatenate([getattr(p, n) for p in parts]) for n in FIELDS})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EpochBlock(UnitData):
     """All rows of one epoch in memory, row s = slot s. Index it directly: no store call per sample."""
 
