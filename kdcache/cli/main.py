@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "info": "kdcache.cli.info:info",
     "show": "kdcache.cli.show:show",
     "export": "kdcache.cli.export:export",
+    "demo": "kdcache.cli.demo:demo",
 }
 
 
