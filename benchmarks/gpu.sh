@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# GPU benchmarks: kdcache's benchmarks on one CUDA GPU with synthetic data, in under 8 minutes.
+#
+#   bash benchmarks/gpu.sh                 # from anywhere; runs in the repository root
+#   GPU_BUDGET_S=400 bash benchmarks/gpu.sh
+#
+# Runs, each under its own time limit and only while the overall budget allows:
+#   1. train_throughput.py --device cuda   student img/s: none / cached / online / timm
+#   2. build_throughput.py --device cuda   (if present) build views/s vs the teacher's forward alone
+#   3. view_engine.py                      (CPU data pipeline feeding the GPU) kdcache vs timm views/s
+#   4. epoch_load.py                       (if present) cache bytes/view and epoch load time (CPU + disk)
+# A benchmark that has a --device option gets --device cuda. Each one prints its own table; a
+# summary of exit codes comes last. The venv comes from `make venv`; on a machine without a package
+# index (pip cannot fetch), it falls back to a venv over the system's packages (torch and timm there),
+# plus any wheels in .whl/ (zarr, numcodecs, donfig, crc32c, webdataset, braceexpand, a newer timm).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+BUDGET=${GPU_BUDGET_S:-450}  # whole script, seconds (< 8 minutes)
+START=$SECONDS
+FAILED=()
+
+echo "=== set-up: make venv"
+if ! make venv; then
+    echo "gpu.sh: make venv failed (no package index reachable?); using a venv over the system's packages" >&2
+    PY0=${PY:-python3}
+    rm -rf .venv
+    "$PY0" -m venv --system-site-packages .venv || exit 1
+    wheels=()
+    [ -d .whl ] && wheels=(.whl/*.whl)
+    .venv/bin/python -m pip install -q --no-index --no-deps --no-build-isolation "${wheels[@]}" -e . || exit 1
+fi
+PY=.venv/bin/python
+if ! "$PY" -c "import kdcache.student.run, kdcache.teacher_cache.pipeline, timm.task, zarr" 2>/dev/null; then
+    echo "gpu.sh: the venv cannot import kdcache's dependencies:" >&2
+    "$PY" -c "import kdcache.student.run, kdcache.teacher_cache.pipeline, timm.task, zarr" >&2
+    exit 1
+fi
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu.sh: torch sees no CUDA device" >&2
+    exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+"$PY" -c "import torch, timm; print(f'torch {torch.__version__}, timm {timm.__version__}, {torch.cuda.get_device_name()}')"
+
+NCPU=$(nproc)
+WORKERS=$((NCPU > 4 ? NCPU - 2 : 2))  # leave two cores to the main process
+echo "cores: $NCPU, DataLoader workers: $WORKERS, budget: ${BUDGET}s"
+export PYTHONUNBUFFERED=1
+
+# run NAME LIMIT_S SCRIPT ARGS...: runs the script if present and the budget allows it.
+run() {
+    local name=$1 limit=$2 script=$3
+    shift 3
+    if [ ! -f "$script" ]; then
+        echo "=== $name: $script not found, skipped"
+        return
+    fi
+    local left=$((BUDGET - (SECONDS - START)))
+    if [ "$left" -lt 30 ]; then
+        echo "=== $name: skipped, ${left}s of the budget left"
+        FAILED+=("$name (skipped: budget)")
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    local args=("$@") help
+    help=$("$PY" "$script" --help 2>/dev/null || true)
+    [[ $help == *--device* ]] && args=(--device cuda "${args[@]}")
+    echo
+    echo "=== $name (limit ${limit}s)"
+    echo "+ $PY $script ${args[*]}"
+    local t0=$SECONDS rc=0
+    timeout --signal=INT --kill-after=20 "$limit" "$PY" "$script" "${args[@]}" || rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - t0))s"
+    if [ "$rc" -ne 0 ]; then
+        [ "$rc" -eq 124 ] && FAILED+=("$name (timed out)") || FAILED+=("$name (exit $rc)")
+    fi
+}
+
+# Student training, ResNet-50 / BEiT-base, bf16, channels_last: 4 modes x 3 rounds x (2 + 10) steps of 128.
+# 512 distinct JPEGs, repeated (hard links) up to the epoch's views, keep data generation short.
+run train_throughput 180 benchmarks/train_throughput.py \
+    --amp bf16 --channels-last --batch 128 --warmup 2 --steps 10 --rounds 3 --workers "$WORKERS" --unique-images 512
+# Build: its default teacher (ResNet-50) on 1024 views, bf16.
+run build_throughput 90 benchmarks/build_throughput.py \
+    --images 1024 --batch 256 --workers "$WORKERS" --rounds 2 --amp bf16
+# The CPU view pipeline with this machine's cores (what feeds the GPU), replaying stored params.
+run view_engine 60 benchmarks/view_engine.py --workers "$WORKERS" --rounds 4 --replay
+# Cache store: bytes/view and epoch load, ImageNet-sized epoch (CPU and disk only; ~50 s on the 2-core CPU).
+run epoch_load 90 benchmarks/epoch_load.py
+
+echo
+echo "=== gpu.sh done in $((SECONDS - START))s"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+    printf 'not completed: %s\n' "${FAILED[@]}"
+    exit 1
+fi
