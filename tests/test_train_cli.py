@@ -177,3 +177,27 @@ def test_refusals_are_clear(cache, tmp_path):
     recipe.write_text("augment:\n  image_size: 64\n")
     aug = run_cli(*train_args(out, tmp_path / "d"), "--config", str(recipe), check=False)
     assert aug.returncode != 0 and "image_size" in aug.stderr and "replay" in aug.stderr
+
+
+def test_a_config_file_with_only_a_train_section_is_accepted(cache, tmp_path):
+    out = cache[3]
+    recipe = tmp_path / "t.yaml"
+    recipe.write_text(
+        "train:\n  model: test_resnet\n  global_batch: 8\n  epochs: 1\n  cosine_epochs: 1\n"
+        "  warmup_epochs: 0\n  cooldown_epochs: 0\n"
+    )
+    proc = run_cli(
+        "train",
+        "--cache",
+        str(out),
+        "--out",
+        str(tmp_path / "run"),
+        "--config",
+        str(recipe),
+        "--workers",
+        "0",
+        "--replay-check",
+        "0",
+        "--no-progress",
+    )
+    assert (tmp_path / "run" / "final.pt").is_file(), proc.stderr

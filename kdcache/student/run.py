@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from kdcache.recipe import Recipe, RecipeError, load_recipe
 from kdcache.teacher_cache.distributed import close_world, init_world
@@ -51,7 +52,9 @@ def resolve_recipe(args: TrainArgs, cache_recipe: dict) -> Recipe:
     if args.config is not None:
         chosen = load_recipe(args.config)
         is_file = Path(args.config).suffix in (".yaml", ".yml") or Path(args.config).exists()
-        if is_file and chosen.augment != cached.augment:
+        # Only an augment section the file actually writes can conflict; a missing one means "the cache's".
+        has_augment = is_file and "augment" in (yaml.safe_load(Path(args.config).read_text()) or {})
+        if has_augment and chosen.augment != cached.augment:
             diffs = [
                 f.name
                 for f in dataclasses.fields(cached.augment)
