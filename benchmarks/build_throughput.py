@@ -52,14 +52,12 @@ from view_engine import machine_info, make_imagefolder
 from kdcache.data.wds_source import open_source
 from kdcache.teacher_cache.build import BuildItems, TeacherRunner, run_units
 from kdcache.teacher_cache.build_config import BuildConfig
-from kdcache.teacher_cache.classmap import class_map
 from kdcache.teacher_cache.distributed import World
-from kdcache.teacher_cache.pipeline import data_location, resolve_recipe
-from kdcache.teacher_cache.store import create_or_open_writer, make_manifest, open_cache
-from kdcache.teacher_cache.teacher import create_teacher, resolve_name
+from kdcache.teacher_cache.pipeline import prepare_build
+from kdcache.teacher_cache.store import create_or_open_writer, open_cache
+from kdcache.teacher_cache.teacher import resolve_name
 from kdcache.teacher_cache.units import Unit, all_units, unit_batches
-from kdcache.views import ViewEngine, collate_pairs
-from kdcache.views.plan import num_slots_for
+from kdcache.views import collate_pairs
 
 
 # ---- set-up (not timed) -------------------------------------------------------------------------
@@ -77,36 +75,12 @@ class BuildSetup:
 
     def __init__(self, cfg: BuildConfig):
         self.cfg = cfg
-        recipe = resolve_recipe(cfg)
-        source = open_source(cfg.data)
-        model, tinfo = create_teacher(cfg.teacher, cfg.teacher_weights)
-        cmap = class_map(source.classes, model)
-        self.engine = ViewEngine(source, recipe.augment, cfg.seed)
-        num_slots = num_slots_for(len(source))
-        unit_size = min(cfg.unit_size, num_slots)
-        self.manifest = make_manifest(
-            backend=cfg.backend,
-            teacher=tinfo.to_dict(),
-            recipe=recipe.to_dict(),
-            seed=cfg.seed,
-            topk=cfg.topk,
-            class_names=list(cmap.class_names),
-            dataset={
-                "fingerprint": source.fingerprint,
-                "num_samples": len(source),
-                "source": data_location(cfg.data),
-                "kind": type(source).__name__,
-                "classes": source.classes,
-                "to_teacher": list(cmap.to_teacher),
-            },
-            epochs_planned=cfg.epochs,
-            num_slots=num_slots,
-            unit_size=unit_size,
-            record_width=self.engine.record_width,
-        )
+        prep = prepare_build(cfg)
+        self.engine, self.manifest, tinfo = prep.engine, prep.manifest, prep.teacher
+        num_slots, unit_size, model = prep.num_slots, prep.unit_size, prep.model
         self.units = all_units(cfg.epochs, num_slots, unit_size)
         self.runner = TeacherRunner(model, tinfo.mean, tinfo.std, cfg)
-        self.class_dtype = np.dtype(np.int16 if tinfo.num_classes <= 32767 else np.int32)
+        self.class_dtype = prep.class_dtype
         self.tinfo = tinfo
         self.world = World(0, 1, 0)
 

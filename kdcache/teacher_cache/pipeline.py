@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from kdcache.data.wds_source import open_source
 from kdcache.recipe import load_recipe
@@ -15,7 +17,7 @@ from kdcache.teacher_cache.build_config import BuildConfig
 from kdcache.teacher_cache.classmap import class_map
 from kdcache.teacher_cache.distributed import close_world, init_world
 from kdcache.teacher_cache.lock import BuildLock
-from kdcache.teacher_cache.teacher import create_teacher
+from kdcache.teacher_cache.teacher import TeacherInfo, create_teacher
 from kdcache.teacher_cache.units import all_units, assign
 from kdcache.views import ViewEngine
 from kdcache.views.plan import num_slots_for
@@ -36,39 +38,63 @@ def data_location(spec: str) -> str:
     return spec if ".tar" in spec and not Path(spec).is_dir() else str(Path(spec).resolve())
 
 
+@dataclass(frozen=True)
+class PreparedBuild:
+    """Everything a build needs before its first unit: resolved inputs, the teacher and the manifest."""
+
+    engine: ViewEngine
+    model: torch.nn.Module
+    teacher: TeacherInfo
+    manifest: object  # kdcache.teacher_cache.manifest.Manifest
+    num_slots: int
+    unit_size: int
+
+    @property
+    def class_dtype(self) -> np.dtype:
+        return np.dtype(np.int16 if self.teacher.num_classes <= 32767 else np.int32)
+
+
+def prepare_build(cfg: BuildConfig) -> PreparedBuild:
+    from kdcache.teacher_cache.store import make_manifest
+
+    recipe = resolve_recipe(cfg)
+    source = open_source(cfg.data)
+    model, tinfo = create_teacher(cfg.teacher, cfg.teacher_weights)
+    cmap = class_map(source.classes, model)
+    engine = ViewEngine(source, recipe.augment, cfg.seed)
+    num_slots = num_slots_for(len(source))
+    unit_size = min(cfg.unit_size, num_slots)
+    manifest = make_manifest(
+        backend=cfg.backend,
+        teacher=tinfo.to_dict(),
+        recipe=recipe.to_dict(),
+        seed=cfg.seed,
+        topk=cfg.topk,
+        class_names=list(cmap.class_names),
+        dataset={
+            "fingerprint": source.fingerprint,
+            "num_samples": len(source),
+            "source": data_location(cfg.data),
+            "kind": type(source).__name__,
+            "classes": source.classes,
+            "to_teacher": list(cmap.to_teacher),
+        },
+        epochs_planned=cfg.epochs,
+        num_slots=num_slots,
+        unit_size=unit_size,
+        record_width=engine.record_width,
+    )
+    return PreparedBuild(engine, model, tinfo, manifest, num_slots, unit_size)
+
+
 def run_build(cfg: BuildConfig) -> str:
-    from kdcache.teacher_cache.store import create_or_open_writer, make_manifest
+    from kdcache.teacher_cache.store import create_or_open_writer
 
     world = init_world(cfg.device)
     with contextlib.ExitStack() as stack:
         stack.callback(close_world, world)
-        recipe = resolve_recipe(cfg)
-        source = open_source(cfg.data)
-        model, tinfo = create_teacher(cfg.teacher, cfg.teacher_weights)
-        cmap = class_map(source.classes, model)
-        engine = ViewEngine(source, recipe.augment, cfg.seed)
-        num_slots = num_slots_for(len(source))
-        unit_size = min(cfg.unit_size, num_slots)
-        manifest = make_manifest(
-            backend=cfg.backend,
-            teacher=tinfo.to_dict(),
-            recipe=recipe.to_dict(),
-            seed=cfg.seed,
-            topk=cfg.topk,
-            class_names=list(cmap.class_names),
-            dataset={
-                "fingerprint": source.fingerprint,
-                "num_samples": len(source),
-                "source": data_location(cfg.data),
-                "kind": type(source).__name__,
-                "classes": source.classes,
-                "to_teacher": list(cmap.to_teacher),
-            },
-            epochs_planned=cfg.epochs,
-            num_slots=num_slots,
-            unit_size=unit_size,
-            record_width=engine.record_width,
-        )
+        prep = prepare_build(cfg)
+        manifest, num_slots, unit_size = prep.manifest, prep.num_slots, prep.unit_size
         # Rank 0 takes the build lock and creates (or checks) the store first, so the others only
         # ever open a valid one and no unrelated build writes alongside this job.
         error = None
@@ -90,9 +116,8 @@ def run_build(cfg: BuildConfig) -> str:
         completed = writer.completed_units()
         mine = assign(all_units(cfg.epochs, num_slots, unit_size), world.rank, world.size)
         pending = [u for u in mine if (u.epoch, u.index) not in completed]
-        runner = TeacherRunner(model, tinfo.mean, tinfo.std, cfg)
-        class_dtype = np.dtype(np.int16 if tinfo.num_classes <= 32767 else np.int32)
-        stats = run_units(engine, runner, pending, writer.write_unit_arrays, class_dtype, cfg, world)
+        runner = TeacherRunner(prep.model, prep.teacher.mean, prep.teacher.std, cfg)
+        stats = run_units(prep.engine, runner, pending, writer.write_unit_arrays, prep.class_dtype, cfg, world)
         world.barrier()
         if not world.is_main:
             return ""
