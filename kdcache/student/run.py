@@ -13,7 +13,7 @@ import yaml
 
 from kdcache.recipe import Recipe, RecipeError, load_recipe
 from kdcache.teacher_cache.distributed import close_world, init_world
-from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch, check_pairs, open_replay, sample_pairs
+from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch, open_replay, replay_sample
 
 log = logging.getLogger("kdcache.train")
 
@@ -92,15 +92,9 @@ def resolve_recipe(args: TrainArgs, cache_recipe: dict) -> Recipe:
 
 def replay_check(reader, engine, n_views: int) -> int:
     """Re-render n sampled views of the cache; raise naming the first mismatch. Returns views checked."""
-    m = reader.manifest
-    chosen = sample_pairs(m.seed, m.num_slots, sorted(reader.epochs_complete), n_views)
     checked = 0
-    by_epoch: dict[int, list[int]] = {}
-    for e, p in chosen:
-        by_epoch.setdefault(e, []).append(p)
-    for epoch, pairs in by_epoch.items():
-        block = reader.load_epoch(epoch)
-        for _, problems in check_pairs(engine, epoch, pairs, block.params, block.digest, block.sample_id, block.repeat):
+    for _, results in replay_sample(reader, engine, n_views):
+        for _, problems in results:
             if problems:
                 raise ReplayMismatch(f"replay check failed at {problems[0]}. {LIKELY_CAUSE}")
             checked += 2
@@ -208,7 +202,6 @@ def run_train(args: TrainArgs):
             val_batches=val,
             run_info={
                 "cache": str(Path(args.cache).resolve()),
-                "content_digest_of": "see cache",
                 "teacher": m.teacher,
                 "dataset_fingerprint": m.dataset["fingerprint"],
             },

@@ -65,6 +65,20 @@ def sample_pairs(seed: int, num_slots: int, epochs: list[int], n_views: int) -> 
     return [(epochs[int(i // per_epoch)], int(i % per_epoch)) for i in flat]
 
 
+def replay_sample(reader, engine: ViewEngine, n_views: int):
+    """Re-render ``n_views`` sampled views of a cache's complete epochs from their stored records.
+
+    Yields (epoch block, [(RenderedPair | None, [Mismatch])]) per epoch; each block is loaded once.
+    """
+    m = reader.manifest
+    by_epoch: dict[int, list[int]] = {}
+    for e, p in sample_pairs(m.seed, m.num_slots, sorted(reader.epochs_complete), n_views):
+        by_epoch.setdefault(e, []).append(p)
+    for epoch, pairs in by_epoch.items():
+        block = reader.load_epoch(epoch)
+        yield block, list(check_pairs(engine, epoch, pairs, block.params, block.digest, block.sample_id, block.repeat))
+
+
 def check_pairs(
     engine: ViewEngine,
     epoch: int,

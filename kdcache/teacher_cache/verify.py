@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kdcache.teacher_cache.replay import Mismatch, check_pairs, open_replay, sample_pairs
+from kdcache.teacher_cache.replay import Mismatch, open_replay, replay_sample
 from kdcache.teacher_cache.teacher import TeacherError, create_teacher
 
 # fp16 log-probs are exact to ~1e-3 relative, so stored probabilities are within ~1e-4 absolute of
@@ -39,19 +39,11 @@ def verify_cache(
 ) -> VerifyReport:
     m = reader.manifest
     engine = open_replay(m, data)
-    epochs = sorted(reader.epochs_complete)
-    chosen = sample_pairs(m.seed, m.num_slots, epochs, n_views)
     report = VerifyReport()
-    runner = None
-    if check_teacher:
-        runner = _teacher(m, teacher_weights, device)
-    by_epoch: dict[int, list[int]] = {}
-    for e, p in chosen:
-        by_epoch.setdefault(e, []).append(p)
-    for epoch, pairs in by_epoch.items():
-        block = reader.load_epoch(epoch)
+    runner = _teacher(m, teacher_weights, device) if check_teacher else None
+    for block, results in replay_sample(reader, engine, n_views):
         rendered = []
-        for r, problems in check_pairs(engine, epoch, pairs, block.params, block.digest, block.sample_id, block.repeat):
+        for r, problems in results:
             report.views += 2
             report.mismatches.extend(problems)
             if r is not None and not problems:
@@ -106,8 +98,4 @@ def _check_teacher(runner, rendered, block, engine, report: VerifyReport) -> Non
                 if diff > PROB_TOLERANCE
                 else (f"a class outside the stored top-k has probability {intruder:.2e} above the stored minimum")
             )
-            report.mismatches.append(Mismatch(block_epoch(block), slot, sid, engine.source.name(sid), what))
-
-
-def block_epoch(block) -> int:
-    return int(getattr(block, "epoch", -1))
+            report.mismatches.append(Mismatch(block.epoch, slot, sid, engine.source.name(sid), what))
