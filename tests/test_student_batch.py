@@ -106,4 +106,8 @@ def test_adapter_from_the_view_engine(tmp_path):
     pairs = [ds[i] for i in range(2)]
     lams = [p.params[j].mix.lam for p in pairs for j in (0, 1)]
     np.testing.assert_array_equal(batch.lam.numpy(), np.array(lams, dtype=np.float32))
+    # The lam carried by collate_pairs is exactly what decoding the stored records gives.
+    without = {key: v for key, v in collated.items() if key != "lam"}
+    decoded = train_batch_from_collated(without, engine.n_ops, aug.image_size, topk_lp, topk_cls)
+    assert torch.equal(decoded.lam, batch.lam)
     assert torch.equal(batch.images, torch.from_numpy(np.concatenate([p.images for p in pairs])))

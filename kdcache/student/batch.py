@@ -150,7 +150,12 @@ def train_batch_from_collated(
         images=torch.as_tensor(collated["images"]),
         y_a=torch.from_numpy(labels.copy()),
         y_b=torch.from_numpy(partner_labels(labels)),
-        lam=torch.from_numpy(lam_from_records(collated["records"], n_ops, image_size)),
+        # collate_pairs carries lam from the params its workers decoded; decode only if it is absent.
+        lam=torch.from_numpy(
+            np.asarray(collated["lam"], dtype=np.float32)
+            if "lam" in collated
+            else lam_from_records(collated["records"], n_ops, image_size)
+        ),
         topk_logprob=t(topk_logprob),
         topk_class=t(topk_class),
         slots=torch.from_numpy(slots),

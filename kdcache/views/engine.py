@@ -176,5 +176,7 @@ def collate_pairs(batch: list[RenderedPair]) -> dict[str, object]:
         "labels": np.concatenate([b.labels for b in batch]),
         "images": torch.from_numpy(np.concatenate([b.images for b in batch])),
         "records": np.concatenate([b.records for b in batch]),
+        # Share of each view's base image; the workers decoded the params already.
+        "lam": np.array([p.mix.lam for b in batch for p in b.params], dtype=np.float32),
         "digests": np.concatenate([b.digests for b in batch]),
     }
