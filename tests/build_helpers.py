@@ -110,5 +110,48 @@ def tiny_build(data: Path, weights: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def tiny_train(cache: Path, out: Path, *extra: str) -> list[str]:
+    """Arguments of a short `test_resnet` training run on a cache; ``extra`` overrides the defaults."""
+    return [
+        "train",
+        "--student",
+        "test_resnet",
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--config",
+        "seed",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--replay-check",
+        "8",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N -m kdcache ARGS`` with one thread per process."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "kdcache",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+
+
 def cache_info(path: Path) -> dict:
     return json.loads(run_cli("info", str(path), "--json").stdout)

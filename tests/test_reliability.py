@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from build_helpers import REPO, cache_info, run_cli, tiny_build, write_dataset, write_teacher
+from build_helpers import REPO, cache_info, run_cli, tiny_build, tiny_train, write_dataset, write_teacher
 
 
 @pytest.fixture(scope="module")
@@ -146,27 +146,7 @@ def test_a_corrupted_shard_is_named_by_verify_and_train(env, tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:5])
     v = run_cli("verify", str(out), "--no-teacher", "--views", "64", check=False)
     assert v.returncode != 0 and "e00001/topk_logprob" in v.stderr
-    t = run_cli(
-        "train",
-        "--student",
-        "test_resnet",
-        "--cache",
-        str(out),
-        "--out",
-        str(tmp_path / "run"),
-        "--config",
-        "seed",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--replay-check",
-        "0",
-        "--no-progress",
-        check=False,
-    )
+    t = run_cli(*tiny_train(out, tmp_path / "run", "--replay-check", "0"), check=False)
     assert t.returncode != 0 and "e00001/topk_logprob" in t.stderr and "Traceback" not in t.stderr
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from build_helpers import REPO, run_cli, tiny_build, write_dataset, write_teacher
+from build_helpers import REPO, run_cli, run_torchrun, tiny_build, tiny_train, write_dataset, write_teacher
 
 NUM_CLASSES = 3
 
@@ -30,27 +29,7 @@ def cache(tmp_path_factory):
 
 
 def train_args(cache: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--student",
-        "test_resnet",
-        "--cache",
-        str(cache),
-        "--out",
-        str(out),
-        "--config",
-        "seed",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--replay-check",
-        "8",
-        "--no-progress",
-        *extra,
-    ]
+    return tiny_train(cache, out, *extra)
 
 
 def _source(cache_dir: Path, with_topk: bool, rank: int = 0, world: int = 1):
@@ -117,20 +96,7 @@ def test_ranks_of_a_two_process_run_see_disjoint_views_covering_the_epoch(cache)
 def test_two_process_gloo_training_completes(cache, tmp_path):
     out = cache[3]
     run = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "kdcache",
-        *train_args(out, run, "--epochs", "1"),
-    ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    proc = run_torchrun(train_args(out, run, "--epochs", "1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "final.pt").is_file() and (run / "metrics.jsonl").is_file()
 
