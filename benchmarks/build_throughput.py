@@ -47,7 +47,7 @@ import timm
 import torch
 
 # benchmarks/ is on sys.path when this file runs as a script.
-from view_engine import machine_info, make_imagefolder
+from view_engine import bench_images, machine_info
 
 from kdcache.data.wds_source import open_source
 from kdcache.teacher_cache.build import BuildItems, TeacherRunner, run_units
@@ -216,16 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device  : {torch.cuda.get_device_name(torch.device(args.device))}")
     with tempfile.TemporaryDirectory(prefix="kdcache-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        root = args.data or tmp / "train"
-        if args.data is None:
-            t0 = time.perf_counter()
-            st = make_imagefolder(root, args.images, args.classes)
-            print(
-                f"data    : {args.images} synthetic JPEGs q90 in {args.classes} classes, "
-                f"mean {st['mean_mpix']:.3f} Mpix, {st['mean_kb']:.0f} KB ({time.perf_counter() - t0:.1f} s to write)"
-            )
-        else:
-            print(f"data    : {root}")
+        root = bench_images(args.data, tmp, args.images, args.classes)
         num_classes = len(open_source(root).classes)
         weights = tmp / "teacher.pth"
         save_random_teacher(args.teacher, num_classes, weights)

@@ -333,6 +333,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def bench_images(data: Path | None, tmp: Path, n: int, num_classes: int) -> Path:
+    """``data`` if given, else ``n`` synthetic JPEGs written under ``tmp``; prints a 'data' line either way."""
+    if data is not None:
+        print(f"data    : {data}")
+        return data
+    root = tmp / "train"
+    t0 = time.perf_counter()
+    st = make_imagefolder(root, n, num_classes)
+    print(
+        f"data    : {n} synthetic JPEGs q90 in {num_classes} classes, "
+        f"mean {st['mean_mpix']:.3f} Mpix, {st['mean_kb']:.0f} KB ({time.perf_counter() - t0:.1f} s to write)"
+    )
+    return root
+
+
 def machine_info() -> list[str]:
     try:
         usable = len(os.sched_getaffinity(0))
@@ -376,16 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n".join(machine_info()))
     with tempfile.TemporaryDirectory(prefix="kdcache-bench-") as tmp:
-        root = args.data or Path(tmp) / "train"
-        if args.data is None:
-            t0 = time.perf_counter()
-            st = make_imagefolder(root, args.images, args.classes)
-            print(
-                f"data    : {args.images} synthetic JPEGs q90 in {args.classes} classes, "
-                f"mean {st['mean_mpix']:.3f} Mpix, {st['mean_kb']:.0f} KB ({time.perf_counter() - t0:.1f} s to write)"
-            )
-        else:
-            print(f"data    : {root}")
+        root = bench_images(args.data, Path(tmp), args.images, args.classes)
         num_classes = len(ImageFolderSource(root).classes)
         loaders = {
             "kdcache": kdcache_loader(root, args.batch, args.workers, args.size, args.plan_size, args.replay),
