@@ -27,6 +27,7 @@ from kdcache.teacher_cache import (
     open_cache,
 )
 from kdcache.teacher_cache.layout import BUILD_HEADER, MANIFEST
+from kdcache.teacher_cache.storage import open_storage
 from kdcache.teacher_cache.synthetic import synthetic_manifest, synthetic_unit
 
 BACKENDS = ["zarr", "wds"]
@@ -39,6 +40,22 @@ def _no_fsync(monkeypatch):
     # Durability is not under test here (crash consistency is, by the commit order); fsync on this
     # disk costs ~5 ms a call and the suite makes hundreds.
     monkeypatch.setattr(os, "fsync", lambda fd: None)
+
+
+@pytest.fixture(params=["local", "memory"])
+def loc(request, tmp_path):
+    """Where a test's caches live: a local directory, or an fsspec URL (the in-process memory:// store
+    stands in for object stores here; tests/test_remote_s3.py runs the same paths against S3)."""
+    if request.param == "local":
+        yield lambda name: tmp_path / name
+        return
+    import uuid
+
+    import fsspec
+
+    bucket = f"kdc-{uuid.uuid4().hex[:12]}"
+    yield lambda name: f"memory://{bucket}/{name}"
+    fsspec.filesystem("memory").rm(f"/{bucket}", recursive=True)
 
 
 def make_manifest(backend: str, **kw):
@@ -67,11 +84,11 @@ def expected_epoch(content, epoch: int) -> UnitData:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_round_trip_of_every_field_in_any_write_order(tmp_path, backend, content):
+def test_round_trip_of_every_field_in_any_write_order(loc, backend, content):
     order = sorted(content)
     random.Random(1).shuffle(order)
-    write_cache(tmp_path / "c", backend, content, order)
-    r = open_cache(tmp_path / "c")
+    write_cache(loc("c"), backend, content, order)
+    r = open_cache(loc("c"))
     assert r.manifest.backend == backend
     assert r.completed_units() == set(content)
     assert r.epochs_complete == [0, 1]
@@ -86,32 +103,39 @@ def test_round_trip_of_every_field_in_any_write_order(tmp_path, backend, content
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_manifest_round_trip(tmp_path, backend, content):
-    w = write_cache(tmp_path / "c", backend, content, finalize=False)
+def test_manifest_round_trip(loc, backend, content):
+    w = write_cache(loc("c"), backend, content, finalize=False)
     final = w.finalize()
     assert final.epochs_complete == (0, 1)
-    r = open_cache(tmp_path / "c")
+    r = open_cache(loc("c"))
     assert r.manifest == final
     assert r.manifest.replace(epochs_complete=()) == make_manifest(backend).replace(created=final.created)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_incomplete_units_are_invisible(tmp_path, backend, content, monkeypatch):
-    path = tmp_path / "c"
+def test_incomplete_units_are_invisible(loc, backend, content, monkeypatch):
+    path = loc("c")
     m = make_manifest(backend)
     w = create_or_open_writer(path, m)
     w.write_unit(0, 1, content[(0, 1)])
     w.write_unit(0, 3, content[(0, 3)])
     # A unit whose commit fails half-way (data written, commit step dies) must stay invisible.
-    module = sys.modules[type(w).__module__]
+    # The commit is the zarr marker (done/...) or the wds shard itself.
+    written = []
+    for method in ("write", "write_new"):
+        real = getattr(w.storage, method)
 
-    def crash(*a, **k):
-        raise OSError("simulated crash before the commit")
+        def crash(key, data, real=real):
+            if key.startswith("done/") or key.endswith(".tar"):
+                raise OSError("simulated crash before the commit")
+            written.append(key)
+            return real(key, data)
 
-    monkeypatch.setattr(module, "write_atomic", crash)
+        monkeypatch.setattr(w.storage, method, crash)
     with pytest.raises(OSError, match="simulated"):
         w.write_unit(0, 2, content[(0, 2)])
     monkeypatch.undo()
+    assert len(written) == (6 if backend == "zarr" else 0)  # zarr: the unit's chunk files did get written
 
     r = open_cache(path, allow_unfinished=True)
     assert r.completed_units() == {(0, 1), (0, 3)}
@@ -134,8 +158,8 @@ def test_incomplete_units_are_invisible(tmp_path, backend, content, monkeypatch)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_writer_rejects_rewriting_a_committed_unit_and_bad_data(tmp_path, backend, content):
-    w = create_or_open_writer(tmp_path / "c", make_manifest(backend))
+def test_writer_rejects_rewriting_a_committed_unit_and_bad_data(loc, backend, content):
+    w = create_or_open_writer(loc("c"), make_manifest(backend))
     w.write_unit(0, 0, content[(0, 0)])
     with pytest.raises(CacheError, match="already committed"):
         w.write_unit(0, 0, content[(0, 0)])
@@ -149,12 +173,16 @@ def test_writer_rejects_rewriting_a_committed_unit_and_bad_data(tmp_path, backen
     assert w.completed_units() == {(0, 0)}
 
 
-def test_content_digest_is_identical_across_backends_and_write_orders(tmp_path, content):
+def test_content_digest_is_identical_across_backends_write_orders_and_storage(tmp_path, content):
+    import uuid
+
     order = sorted(content)
     digests = set()
+    remote = f"memory://kdc-{uuid.uuid4().hex[:12]}"
+    places = [tmp_path / "c0", tmp_path / "c1", f"{remote}/c2", f"{remote}/c3"]
     for i, backend in enumerate(["zarr", "wds", "zarr", "wds"]):
-        write_cache(tmp_path / f"c{i}", backend, content, order)
-        digests.add(open_cache(tmp_path / f"c{i}").content_digest())
+        write_cache(places[i], backend, content, order)
+        digests.add(open_cache(places[i]).content_digest())
         random.Random(i).shuffle(order)
     assert len(digests) == 1
     # ...and it does see content: one changed log-prob changes it.
@@ -222,8 +250,8 @@ def test_concurrent_processes_writing_different_units(tmp_path, backend, content
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_reopen_checks_the_stored_header(tmp_path, backend, content):
-    path = tmp_path / "c"
+def test_reopen_checks_the_stored_header(loc, backend, content):
+    path = loc("c")
     m = make_manifest(backend)
     create_or_open_writer(path, m)
     with pytest.raises(ManifestMismatchError, match=r"topk, teacher\.num_classes|num_classes") as info:
@@ -240,18 +268,19 @@ def test_reopen_checks_the_stored_header(tmp_path, backend, content):
     for u in range(num_units(m)):
         w.write_unit(2, u, content[(0, u)])
     assert w.finalize().epochs_complete == (2,)
-    assert json.loads((path / BUILD_HEADER).read_text())["epochs_planned"] == 3
+    assert json.loads(open_storage(path).read(BUILD_HEADER))["epochs_planned"] == 3
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_newer_format_version_is_refused(tmp_path, backend, content):
-    path = tmp_path / "c"
+def test_newer_format_version_is_refused(loc, backend, content):
+    path = loc("c")
     write_cache(path, backend, content)
+    storage = open_storage(path)
     for name in (MANIFEST, BUILD_HEADER):
-        doc = json.loads((path / name).read_text())
+        doc = json.loads(storage.read(name))
         doc["format_version"] = 2
         doc["field_from_the_future"] = True
-        (path / name).write_text(json.dumps(doc))
+        storage.write(name, json.dumps(doc).encode())
     with pytest.raises(UnsupportedFormatError, match="upgrade kdcache") as info:
         open_cache(path)
     assert MANIFEST in str(info.value)
@@ -362,10 +391,10 @@ def test_wds_shards_are_byte_identical_for_identical_content(tmp_path, content):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
 
 
-def test_wds_streams_through_webdataset_with_node_and_worker_splitting(tmp_path, content):
+def test_wds_streams_through_webdataset_with_node_and_worker_splitting(loc, content):
     from kdcache.teacher_cache import stream_views
 
-    path = tmp_path / "c"
+    path = loc("c")
     write_cache(path, "wds", content)
     views = list(stream_views(path, epochs=[1]))
     assert [v["slot"] for v in views] == list(range(300))

@@ -47,4 +47,4 @@ class CorruptShardError(CacheError):
 
     def __init__(self, path: Path | str, reason: str, remedy: str):
         super().__init__(f"corrupt cache file {path}: {reason}. {remedy}")
-        self.path = Path(path)
+        self.path = path if isinstance(path, str) and "://" in path else Path(path)  # URLs stay strings

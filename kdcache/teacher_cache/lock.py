@@ -33,8 +33,8 @@ class LockHolder:
 
 
 class BuildLock:
-    def __init__(self, cache: Path):
-        self.path = Path(cache) / LOCK_NAME
+    def __init__(self, cache: Path, name: str = LOCK_NAME):
+        self.path = Path(cache) / name
         self._fd: int | None = None
         self.took_over: LockHolder | None = None  # the dead holder we replaced, if any
 

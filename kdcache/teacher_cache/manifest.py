@@ -11,8 +11,7 @@ import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdcache.teacher_cache.errors import ManifestError, UnsupportedFormatError
 from kdcache.teacher_cache.schema import (
@@ -23,6 +22,9 @@ from kdcache.teacher_cache.schema import (
     need_number,
     need_str,
 )
+
+if TYPE_CHECKING:
+    from kdcache.teacher_cache.storage import Storage
 
 FORMAT_VERSION = 1  # bump on any change a reader of the previous version would misread
 BACKENDS = ("zarr", "wds")
@@ -259,13 +261,13 @@ def _validate(m: Manifest) -> None:
     _set(m, "epochs_complete", tuple(done))
 
 
-def read_manifest_file(path: Path) -> Manifest | None:
-    """The manifest stored at ``path``; None if there is no such file. Errors name the file."""
+def read_manifest(storage: Storage, key: str) -> Manifest | None:
+    """The manifest stored under ``key`` of a cache's storage; None if there is none. Errors name it."""
     try:
-        text = path.read_bytes()
+        text = storage.read(key)
     except FileNotFoundError:
         return None
     try:
         return Manifest.from_json(text)
     except ManifestError as e:
-        raise type(e)(f"{path}: {e}") from None
+        raise type(e)(f"{storage.where(key)}: {e}") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from kdcache.teacher_cache.build import TeacherRunner, run_units
 from kdcache.teacher_cache.build_config import BuildConfig
 from kdcache.teacher_cache.classmap import class_map
 from kdcache.teacher_cache.distributed import close_world, init_world
-from kdcache.teacher_cache.lock import BuildLock
+from kdcache.teacher_cache.storage import open_storage
 from kdcache.teacher_cache.teacher import TeacherInfo, create_teacher
 from kdcache.teacher_cache.units import all_units, assign
 from kdcache.views import ViewEngine
@@ -100,7 +99,7 @@ def run_build(cfg: BuildConfig) -> str:
         error = None
         if world.is_main:
             try:
-                lock = BuildLock(Path(cfg.out)).acquire()
+                lock = open_storage(cfg.out).lock("build.lock").acquire()
                 stack.callback(lock.release)
                 writer = create_or_open_writer(cfg.out, manifest)
             except Exception as e:
@@ -133,7 +132,7 @@ def _summary(cfg: BuildConfig, writer, stats, skipped: int, world_size: int) -> 
     views = reader.num_views()
     on_disk = reader.bytes_on_disk()
     lines = [
-        f"kdcache build finished: {os.path.abspath(cfg.out)} ({cfg.backend})",
+        f"kdcache build finished: {_display(cfg.out)} ({reader.manifest.backend})",
         f"  teacher        {cfg.teacher}",
         f"  epochs         {sorted(reader.epochs_complete)} complete of {cfg.epochs} planned",
         f"  this run       {stats.views} views in {stats.seconds:.1f} s = {stats.views_per_s:.1f} views/s"
@@ -143,3 +142,8 @@ def _summary(cfg: BuildConfig, writer, stats, skipped: int, world_size: int) -> 
         f"  cache          {views} views, {on_disk / 1e6:.2f} MB, {on_disk / max(views, 1):.1f} B/view",
     ]
     return "\n".join(line for line in lines if line)
+
+
+def _display(out: str) -> str:
+    storage = open_storage(out)
+    return str(storage.location.resolve()) if storage.is_local else str(storage.location)

@@ -5,19 +5,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from kdcache.teacher_cache.atomic import tree_size
 from kdcache.teacher_cache.errors import BuildNotFinishedError, IncompleteEpochError, NotACacheError
 from kdcache.teacher_cache.fields import EpochBlock, UnitData
 from kdcache.teacher_cache.layout import BUILD_HEADER, MANIFEST
-from kdcache.teacher_cache.manifest import Manifest, read_manifest_file
+from kdcache.teacher_cache.manifest import Manifest, read_manifest
+from kdcache.teacher_cache.storage import Storage, open_storage
 from kdcache.teacher_cache.units import num_units, unit_slots
 
 
 class CacheReader(ABC):
     """Read access to a cache; get one from :func:`open_cache`."""
 
-    def __init__(self, root: Path, manifest: Manifest, finished: bool):
-        self.root = root
+    def __init__(self, storage: Storage, manifest: Manifest, finished: bool):
+        self.storage = storage
+        self.root = storage.location  # a Path on local disk, a URL otherwise
         self.manifest = manifest
         self.finished = finished  # False: opened from the build header of a running/interrupted build
         self._check_layout()
@@ -71,7 +72,7 @@ class CacheReader(ABC):
         return content_digest(self)
 
     def bytes_on_disk(self) -> int:
-        return tree_size(self.root)
+        return self.storage.total_size()
 
     @abstractmethod
     def _check_layout(self) -> None:
@@ -91,29 +92,30 @@ class CacheReader(ABC):
     def _read_unit(self, epoch: int, unit: int) -> UnitData: ...
 
 
-def open_cache(path: str | Path, *, allow_unfinished: bool = False) -> CacheReader:
-    """Open a cache for reading; the backend is taken from its manifest.
+def open_cache(path: str | Path | Storage, *, allow_unfinished: bool = False) -> CacheReader:
+    """Open a cache (a directory or an fsspec URL) for reading; the backend is taken from its manifest.
 
     A cache whose build has not finished (no final manifest) raises BuildNotFinishedError unless
     ``allow_unfinished`` (then the build header is used and only committed units are visible).
     """
     from kdcache.teacher_cache.backends import reader_class
 
-    root = Path(path)
-    if not root.is_dir():
+    storage = open_storage(path)
+    root = storage.location
+    if storage.is_local and not Path(root).is_dir():
         raise NotACacheError(f"no cache at {root}: not a directory. Build one with `kdcache build ... --out {root}`")
-    finished = (root / MANIFEST).is_file()
-    source = root / MANIFEST if finished else root / BUILD_HEADER
-    if not source.is_file():
+    manifest = read_manifest(storage, MANIFEST)
+    finished = manifest is not None
+    if manifest is None:
+        manifest = read_manifest(storage, BUILD_HEADER)
+    if manifest is None:
         raise NotACacheError(
             f"{root} is not a kdcache cache (no {MANIFEST} or {BUILD_HEADER}); build one with "
             f"`kdcache build ... --out {root}`"
         )
-    manifest = read_manifest_file(source)
-    assert manifest is not None  # checked above
     if not finished and not allow_unfinished:
         raise BuildNotFinishedError(
             f"the build of {root} has not finished (no {MANIFEST} yet): if it is not running, run the same "
             f"`kdcache build ... --out {root}` command again to resume it"
         )
-    return reader_class(manifest.backend)(root, manifest, finished)
+    return reader_class(manifest.backend)(storage, manifest, finished)

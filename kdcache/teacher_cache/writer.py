@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kdcache.teacher_cache.atomic import is_temp, write_atomic
+from kdcache.teacher_cache.atomic import is_temp
 from kdcache.teacher_cache.errors import CacheError, ManifestMismatchError, NotACacheError
 from kdcache.teacher_cache.fields import UnitData
 from kdcache.teacher_cache.layout import BUILD_HEADER, MANIFEST
-from kdcache.teacher_cache.manifest import Manifest, read_manifest_file
+from kdcache.teacher_cache.manifest import Manifest, read_manifest
+from kdcache.teacher_cache.storage import Storage, open_storage
 from kdcache.teacher_cache.units import check_unit_data, check_unit_id, num_units
 
 # Files another part of kdcache may create before the store exists (the build's flock file).
@@ -25,8 +26,9 @@ _TOLERATED = frozenset({"build.lock"})
 class CacheWriter(ABC):
     """Writes units of one cache. Get one from :func:`create_or_open_writer`."""
 
-    def __init__(self, root: Path, manifest: Manifest):
-        self.root = root
+    def __init__(self, storage: Storage, manifest: Manifest):
+        self.storage = storage
+        self.root = storage.location  # a Path on local disk, a URL otherwise
         self.manifest = manifest  # the stored header, epochs_planned raised to what this run plans
 
     def completed_units(self) -> set[tuple[int, int]]:
@@ -53,12 +55,12 @@ class CacheWriter(ABC):
 
     def finalize(self) -> Manifest:
         """Write the final manifest (last step of a build) and return it."""
-        stored = read_manifest_file(self.root / BUILD_HEADER) or self.manifest
+        stored = read_manifest(self.storage, BUILD_HEADER) or self.manifest
         planned = max(stored.epochs_planned, self.manifest.epochs_planned)
         n = num_units(self.manifest)
         complete = tuple(e for e in range(planned) if len(self._completed_in_epoch(e)) == n)
         final = self.manifest.replace(epochs_planned=planned, epochs_complete=complete)
-        write_atomic(self.root / MANIFEST, final.to_json().encode())
+        self.storage.write(MANIFEST, final.to_json().encode())
         return final
 
     @abstractmethod
@@ -72,8 +74,9 @@ class CacheWriter(ABC):
     def _write(self, epoch: int, unit: int, data: UnitData) -> None: ...
 
 
-def create_or_open_writer(path: str | Path, manifest: Manifest, backend: str | None = None) -> CacheWriter:
-    """Start a cache at ``path``, or reopen it to resume or extend.
+def create_or_open_writer(path: str | Path | Storage, manifest: Manifest, backend: str | None = None) -> CacheWriter:
+    """Start a cache at ``path`` (a directory or an fsspec URL such as s3://bucket/prefix), or reopen it
+    to resume or extend.
 
     ``backend`` (zarr | wds) overrides ``manifest.backend``. Reopening requires the stored header to
     equal ``manifest`` except for epochs_planned (may grow), created and epochs_complete; otherwise
@@ -83,22 +86,24 @@ def create_or_open_writer(path: str | Path, manifest: Manifest, backend: str | N
 
     if backend is not None and backend != manifest.backend:
         manifest = manifest.replace(backend=backend)
-    root = Path(path)
-    if root.exists() and not root.is_dir():
+    storage = open_storage(path)
+    root = storage.location
+    if storage.is_folder_like_file():
         raise NotACacheError(f"{root} is a file; give a directory for the cache")
-    root.mkdir(parents=True, exist_ok=True)
-    header = root / BUILD_HEADER
-    stored = read_manifest_file(header) or read_manifest_file(root / MANIFEST)
+    if isinstance(root, Path):
+        root.mkdir(parents=True, exist_ok=True)
+    header = storage.where(BUILD_HEADER)
+    stored = read_manifest(storage, BUILD_HEADER) or read_manifest(storage, MANIFEST)
     if stored is None:
-        others = sorted(p.name for p in root.iterdir() if not is_temp(p.name) and p.name not in _TOLERATED)
+        others = sorted(n for n in storage.listdir() if not is_temp(n) and n not in _TOLERATED)
         if others:
             raise NotACacheError(
                 f"{root} is not empty ({', '.join(others[:5])}) and holds no kdcache build; "
                 f"choose a new or empty directory for the cache"
             )
         fresh = manifest.replace(epochs_complete=())
-        if not write_atomic(header, fresh.to_json().encode(), exclusive=True):
-            stored = read_manifest_file(header)  # another process created it first: compare with theirs
+        if not storage.write_new(BUILD_HEADER, fresh.to_json().encode()):
+            stored = read_manifest(storage, BUILD_HEADER)  # another process created it first: compare with theirs
         else:
             stored = fresh
     if stored is None:
@@ -112,7 +117,7 @@ def create_or_open_writer(path: str | Path, manifest: Manifest, backend: str | N
         )
     if manifest.epochs_planned > stored.epochs_planned:
         stored = stored.replace(epochs_planned=manifest.epochs_planned)
-        write_atomic(header, stored.replace(epochs_complete=()).to_json().encode())
-    writer = writer_class(stored.backend)(root, stored.replace(epochs_complete=()))
+        storage.write(BUILD_HEADER, stored.replace(epochs_complete=()).to_json().encode())
+    writer = writer_class(stored.backend)(storage, stored.replace(epochs_complete=()))
     writer._prepare()
     return writer
