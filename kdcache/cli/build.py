@@ -14,7 +14,11 @@ from kdcache.cli.common import fail_cleanly
     "--teacher", required=True, help="timm model name or alias (beit_base = beit_base_patch16_224.in22k_ft_in22k_in1k)."
 )
 @click.option("--data", required=True, help="ImageFolder root, or WebDataset shards like 'train-{000000..000146}.tar'.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Cache directory (created or resumed).")
+@click.option(
+    "--out",
+    help="Cache directory or fsspec URL (s3://bucket/prefix), created or resumed. "
+    "Default: the cache root, under a key made from what determines the content.",
+)
 @click.option(
     "--format",
     "backend",

@@ -11,12 +11,12 @@ from kdcache.cli.common import fail_cleanly
 
 
 @click.command()
-@click.argument("cache", type=click.Path(path_type=Path))
+@click.argument("cache")
 @click.option("--format", "fmt", required=True, type=click.Choice(["zarr", "wds"]), help="Backend to write.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="New (or partly exported) directory.")
+@click.option("--out", required=True, help="New (or partly exported) directory or fsspec URL.")
 @click.option("--no-check", is_flag=True, help="Skip comparing the content digests of source and copy.")
 @fail_cleanly
-def export(cache: Path, fmt: str, out: Path, no_check: bool) -> None:
+def export(cache: str, fmt: str, out: str, no_check: bool) -> None:
     """Convert CACHE to the zarr (random access) or wds (streaming) backend.
 
     Only committed units are copied; rerunning an interrupted export resumes it.
@@ -24,7 +24,7 @@ def export(cache: Path, fmt: str, out: Path, no_check: bool) -> None:
     from kdcache.teacher_cache.store import create_or_open_writer, open_cache
 
     src = open_cache(cache)
-    if out.resolve() == Path(cache).resolve():
+    if _same_place(out, cache):
         raise click.BadParameter("--out must differ from CACHE", param_hint="--out")
     writer = create_or_open_writer(out, src.manifest.replace(epochs_complete=()), backend=fmt)
     done = writer.completed_units()
@@ -40,3 +40,11 @@ def export(cache: Path, fmt: str, out: Path, no_check: bool) -> None:
             raise click.ClickException(f"content digest of {out} differs from {cache}: the export is damaged")
         msg += f"; content digest {digest} unchanged"
     click.echo(msg)
+
+
+def _same_place(a: str, b: str) -> bool:
+    from kdcache.teacher_cache.storage import is_url
+
+    if is_url(a) or is_url(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()

@@ -12,11 +12,11 @@ from kdcache.cli.common import fail_cleanly
 
 
 @click.command()
-@click.argument("cache", type=click.Path(path_type=Path))
+@click.argument("cache")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 @click.option("--no-digest", is_flag=True, help="Skip the content digest (it reads every committed unit).")
 @fail_cleanly
-def info(cache: Path, as_json: bool, no_digest: bool) -> None:
+def info(cache: str, as_json: bool, no_digest: bool) -> None:
     """Summarise CACHE: teacher, dataset, recipe, complete epochs, size on disk, content digest.
 
     Works on a build in progress too: only committed units count.

@@ -13,13 +13,13 @@ from kdcache.cli.common import fail_cleanly, parse_slots
 
 
 @click.command()
-@click.argument("cache", type=click.Path(path_type=Path))
+@click.argument("cache")
 @click.option("--epoch", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--slots", default="0:8", show_default=True, help="Half-open slot range A:B of the epoch.")
 @click.option("--data", help="Where the images are now, to show sample paths (default: the recorded source).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per view.")
 @fail_cleanly
-def show(cache: Path, epoch: int, slots: str, data: str | None, as_json: bool) -> None:
+def show(cache: str, epoch: int, slots: str, data: str | None, as_json: bool) -> None:
     """Print what CACHE stores for slots A:B of an epoch: sample, repeat, view params, digest and the
     teacher's top-k classes with probabilities."""
     from kdcache.teacher_cache.store import open_cache, unit_slots

@@ -11,7 +11,11 @@ from kdcache.cli.common import fail_cleanly
 
 @click.command()
 @click.option("--student", help="timm model name of the student [recipe: resnet50].")
-@click.option("--cache", required=True, type=click.Path(path_type=Path), help="A cache written by `kdcache build`.")
+@click.option(
+    "--cache",
+    help="A cache written by `kdcache build`: directory or fsspec URL. Default: look it up in the cache root "
+    "from --teacher and --data.",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (checkpoints, logs).")
 @click.option("--data", help="Where the training images are, if not where the cache was built from.")
 @click.option("--val-data", help="ImageFolder for validation (resize image_size/0.875, centre crop).")

@@ -11,7 +11,7 @@ from kdcache.cli.common import fail_cleanly
 
 
 @click.command()
-@click.argument("cache", type=click.Path(path_type=Path))
+@click.argument("cache")
 @click.option(
     "--views",
     "n_views",
@@ -30,7 +30,7 @@ from kdcache.cli.common import fail_cleanly
 @click.option("--device", default="cpu", show_default=True)
 @fail_cleanly
 def verify(
-    cache: Path, n_views: int, teacher_weights: Path | None, data: str | None, no_teacher: bool, device: str
+    cache: str, n_views: int, teacher_weights: Path | None, data: str | None, no_teacher: bool, device: str
 ) -> None:
     """Re-render sampled views and compare their digests; re-run the teacher and compare the stored
     top-k (probabilities within 1e-3). Exits 1 on any mismatch, naming the view."""
