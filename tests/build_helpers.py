@@ -82,9 +82,10 @@ def run_cli(
     return result
 
 
-def tiny_build(data: Path, weights: Path, out: Path, *extra: str) -> list[str]:
+def tiny_build(data: Path, weights: Path, out: Path | str | None, *extra: str) -> list[str]:
     """Arguments of a small, fast build with a `test_resnet` teacher; later options in ``extra``
-    override the defaults (click keeps the last value of a repeated option)."""
+    override the defaults (click keeps the last value of a repeated option). ``out=None`` builds
+    into the registry."""
     return [
         "build",
         "--teacher",
@@ -93,8 +94,7 @@ def tiny_build(data: Path, weights: Path, out: Path, *extra: str) -> list[str]:
         str(weights),
         "--data",
         str(data),
-        "--out",
-        str(out),
+        *([] if out is None else ["--out", str(out)]),
         "--image-size",
         "32",
         "--topk",

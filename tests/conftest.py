@@ -21,6 +21,12 @@ from kdcache.data import ImageFolderSource
 from kdcache.recipe import AugmentConfig
 from kdcache.views import ViewEngine
 
+@pytest.fixture(autouse=True)
+def _registry_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No test may write to the user's real cache directory (~/.cache/kdcache).
+    monkeypatch.setenv("KDCACHE_HOME", str(tmp_path_factory.mktemp("kdcache-home")))
+
+
 # Small views keep rendering fast; 48 px is still large enough for every RandAugment op to act.
 TEST_IMAGE_SIZE = 48
 

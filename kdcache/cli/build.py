@@ -20,6 +20,12 @@ from kdcache.cli.common import fail_cleanly
     "Default: the cache root, under a key made from what determines the content.",
 )
 @click.option(
+    "--cache-root",
+    envvar="KDCACHE_HOME",
+    help="Registry root (directory or fsspec URL) used when --out is not given "
+    "[env KDCACHE_HOME; default: the user cache directory, e.g. ~/.cache/kdcache].",
+)
+@click.option(
     "--format",
     "backend",
     type=click.Choice(["zarr", "wds"]),
@@ -73,6 +79,7 @@ def build(
     teacher,
     data,
     out,
+    cache_root,
     backend,
     epochs,
     repeats,
@@ -92,6 +99,9 @@ def build(
 ) -> None:
     """Run the teacher once on every view of EPOCHS epochs and write top-k soft labels.
 
+    Without --out the cache goes to the registry (see `kdcache ls`) under a key made from what
+    determines its content: the same command again reuses it at once, a larger --epochs extends it.
+
     Rerunning the same command resumes (completed units are skipped); a larger --epochs appends
     epochs; any other difference from the existing cache is refused with the list of differences.
     Under `torchrun --nproc-per-node N -m kdcache build ...` rank r of N takes work units r::N.
@@ -102,7 +112,8 @@ def build(
     cfg = BuildConfig(
         teacher=teacher,
         data=data,
-        out=str(out),
+        out=out,
+        cache_root=cache_root,
         backend=backend,
         epochs=epochs,
         repeats=repeats,

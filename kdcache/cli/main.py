@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "show": "kdcache.cli.show:show",
     "export": "kdcache.cli.export:export",
     "demo": "kdcache.cli.demo:demo",
+    "ls": "kdcache.cli.ls:ls",
+    "rm": "kdcache.cli.rm:rm",
 }
 
 
@@ -43,6 +45,12 @@ def cli() -> None:
     Typical use:
       kdcache build --teacher beit_base --data /data/imagenet/train --out cache/
       kdcache train --student resnet50 --cache cache/ --out runs/r50
+
+    \b
+    Or let the registry keep the caches (KDCACHE_HOME, --cache-root):
+      kdcache build --teacher beit_base --data /data/imagenet/train
+      kdcache train --teacher beit_base --data /data/imagenet/train --out runs/r50
+      kdcache ls; kdcache rm KEY
     """
 
 

@@ -16,6 +16,11 @@ from kdcache.cli.common import fail_cleanly
     help="A cache written by `kdcache build`: directory or fsspec URL. Default: look it up in the cache root "
     "from --teacher and --data.",
 )
+@click.option(
+    "--cache-root",
+    envvar="KDCACHE_HOME",
+    help="Registry root searched when --cache is a key or not given [env KDCACHE_HOME].",
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (checkpoints, logs).")
 @click.option("--data", help="Where the training images are, if not where the cache was built from.")
 @click.option("--val-data", help="ImageFolder for validation (resize image_size/0.875, centre crop).")
@@ -26,8 +31,14 @@ from kdcache.cli.common import fail_cleanly
     show_default=True,
     help="cached: soft labels from the cache; online: run the teacher on the same views; none: CE only.",
 )
-@click.option("--teacher", help="Online mode: timm teacher name [the cache's].")
-@click.option("--teacher-weights", type=click.Path(path_type=Path), help="Online mode: local teacher weights.")
+@click.option(
+    "--teacher", help="Finds the cache in the registry (with --data); online mode: the teacher [the cache's]."
+)
+@click.option(
+    "--teacher-weights",
+    type=click.Path(path_type=Path),
+    help="Local teacher weights: narrows the registry search; online mode: the weights to run.",
+)
 @click.option("--config", help="Preset name or recipe YAML for the training part (augmentation comes from the cache).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Student epochs [recipe: 610]; cooldown is kept.")
 @click.option(
@@ -63,6 +74,7 @@ from kdcache.cli.common import fail_cleanly
 def train(
     student,
     cache,
+    cache_root,
     out,
     data,
     val_data,
@@ -87,14 +99,22 @@ def train(
 ) -> None:
     """Train a student on the cache's views; the teacher never runs (unless --kd online).
 
+    Without --cache, `--teacher T --data D` finds the finished cache of that teacher and dataset in
+    the registry (or says which `kdcache build` command creates it); --cache also takes a registry key.
+
     Under `torchrun --nproc-per-node N -m kdcache train ...` each process takes its share of every
     global batch (DDP). Logs: RUN/metrics.jsonl and TensorBoard in RUN/tb.
     """
+    from kdcache.registry.lookup import resolve_train_cache
     from kdcache.student.run import TrainArgs, run_train
 
+    weights = None if teacher_weights is None else str(teacher_weights)
+    cache, found = resolve_train_cache(cache, teacher, data, weights, cache_root)
+    if found:
+        click.echo(found, err=True)
     args = TrainArgs(
         student=student,
-        cache=str(cache),
+        cache=cache,
         out=str(out),
         data=data,
         val_data=val_data,

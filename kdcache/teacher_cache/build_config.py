@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class BuildConfig:
     teacher: str
     data: str
-    out: str
+    out: str | None = None  # None: the registry under cache_root picks ROOT/KEY/FORMAT
     backend: str = "zarr"
     epochs: int = 1
     repeats: int | None = None  # None: the recipe's
@@ -26,6 +26,7 @@ class BuildConfig:
     compile: bool = False
     unit_size: int = 10240  # views per work unit (one writer, one commit)
     progress: bool = True
+    cache_root: str | None = None  # None: $KDCACHE_HOME or the user's cache directory
 
     def __post_init__(self) -> None:
         if self.backend not in ("zarr", "wds"):

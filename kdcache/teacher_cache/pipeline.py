@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,14 @@ def run_build(cfg: BuildConfig) -> str:
     with contextlib.ExitStack() as stack:
         stack.callback(close_world, world)
         prep = prepare_build(cfg)
+        dest = None
+        if cfg.out is None:
+            # Every rank computes the same key from the same inputs, so no rank needs to tell the others.
+            dest, prep = _registry_destination(cfg, prep)
+            cfg = dataclasses.replace(cfg, out=dest.out, unit_size=prep.unit_size)
+            if dest.state == "reused":
+                world.barrier()
+                return _reused_summary(cfg, dest) if world.is_main else ""
         manifest, num_slots, unit_size = prep.manifest, prep.num_slots, prep.unit_size
         # Rank 0 takes the build lock and creates (or checks) the store first, so the others only
         # ever open a valid one and no unrelated build writes alongside this job.
@@ -121,8 +130,48 @@ def run_build(cfg: BuildConfig) -> str:
         if not world.is_main:
             return ""
         writer.finalize()
-        return _summary(cfg, writer, stats, len(mine) - len(pending), world.size)
+        summary = _summary(cfg, writer, stats, len(mine) - len(pending), world.size)
+        if dest is not None:
+            summary += "\n" + _record_in_registry(cfg, dest)
+        return summary
     return ""
+
+
+def _registry_destination(cfg: BuildConfig, prep: PreparedBuild):
+    from kdcache.registry.destination import plan_destination
+    from kdcache.registry.root import cache_root
+
+    dest, manifest = plan_destination(cache_root(cfg.cache_root), prep.manifest, cfg.epochs)
+    return dest, dataclasses.replace(prep, manifest=manifest, unit_size=manifest.unit_size)
+
+
+def _record_in_registry(cfg: BuildConfig, dest) -> str:
+    from kdcache.registry.catalog import record
+    from kdcache.registry.destination import build_command
+    from kdcache.registry.root import cache_root
+
+    record(cache_root(cfg.cache_root), dest.key, used=True, build_command=build_command(cfg, cfg.cache_root))
+    what = {
+        "new": "new cache",
+        "extended": f"extended the cache that had epochs {list(dest.epochs_before)}",
+        "resumed": "resumed an unfinished build",
+    }[dest.state]
+    return f"  registry       key {dest.key}: {what}"
+
+
+def _reused_summary(cfg: BuildConfig, dest) -> str:
+    from kdcache.registry.catalog import touch
+    from kdcache.registry.root import cache_root
+
+    touch(cache_root(cfg.cache_root), dest.key)
+    return "\n".join(
+        [
+            f"kdcache build: reused {dest.out} ({cfg.backend}); nothing to compute",
+            f"  registry       key {dest.key}: epochs {list(dest.epochs_before)} are complete; "
+            f"{cfg.epochs} asked",
+            "  the teacher did not run; a larger --epochs extends this cache",
+        ]
+    )
 
 
 def _summary(cfg: BuildConfig, writer, stats, skipped: int, world_size: int) -> str:

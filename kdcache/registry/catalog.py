@@ -1,0 +1,175 @@
+"""The caches under a registry root: list them, record their use, find them by key, remove them.
+
+Layout: ``ROOT/KEY/FORMAT/`` is a cache (FORMAT is zarr or wds) and ``ROOT/KEY/entry.json`` records
+when it was created and last used, and the command that built it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from kdcache.teacher_cache.errors import CacheError
+from kdcache.teacher_cache.manifest import Manifest, utc_now_iso
+from kdcache.teacher_cache.storage import Storage
+
+ENTRY_FILE = "entry.json"
+FORMATS = ("zarr", "wds")
+_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+class RegistryError(CacheError):
+    """A key that names no cache (or several), or a cache that cannot be removed now."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    backend: str
+    location: str  # the cache's full path or URL
+    manifest: Manifest
+    finished: bool
+    epochs_complete: tuple[int, ...]
+    views: int
+    bytes: int | None  # None: not measured (ls --no-size)
+    created: str
+    last_used: str | None
+    build_command: str | None
+
+    @property
+    def teacher(self) -> str:
+        t = self.manifest.teacher
+        return str(t.get("name") or t.get("model") or t.get("id"))
+
+    @property
+    def dataset(self) -> str:
+        d = self.manifest.dataset
+        return f"{d.get('source') or d.get('kind', '?')} ({d['num_samples']} samples)"
+
+    def to_json(self) -> dict[str, Any]:
+        from kdcache.registry.key import identity
+
+        return {
+            "key": self.key,
+            "format": self.backend,
+            "location": self.location,
+            "finished": self.finished,
+            "teacher": self.teacher,
+            "dataset": self.manifest.dataset.get("source"),
+            "num_samples": self.manifest.dataset["num_samples"],
+            "identity": identity(self.manifest),
+            "epochs_complete": list(self.epochs_complete),
+            "epochs_planned": self.manifest.epochs_planned,
+            "views": self.views,
+            "bytes": self.bytes,
+            "created": self.created,
+            "last_used": self.last_used,
+            "build_command": self.build_command,
+        }
+
+
+def read_entry_meta(root: Storage, key: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(root.read(f"{key}/{ENTRY_FILE}"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def record(root: Storage, key: str, *, used: bool, build_command: str | None = None) -> None:
+    """Create or update ``KEY/entry.json``: creation time once, last use now if ``used``."""
+    meta = read_entry_meta(root, key)
+    now = utc_now_iso()
+    meta.setdefault("key", key)
+    meta.setdefault("created", now)
+    if used:
+        meta["last_used"] = now
+    if build_command and not meta.get("build_command"):
+        meta["build_command"] = build_command
+    root.write(f"{key}/{ENTRY_FILE}", (json.dumps(meta, indent=2) + "\n").encode())
+
+
+def touch(root: Storage, key: str) -> None:
+    record(root, key, used=True)
+
+
+def list_entries(root: Storage, *, sizes: bool = True, keys: list[str] | None = None) -> list[Entry]:
+    """Every cache under ``root`` (finished or not), most recently used first."""
+    from kdcache.teacher_cache.errors import NotACacheError
+    from kdcache.teacher_cache.reader import open_cache
+
+    out = []
+    for key in keys if keys is not None else sorted(k for k in root.listdir() if _KEY_RE.match(k)):
+        meta = read_entry_meta(root, key)
+        for backend in FORMATS:
+            storage = root.child(key).child(backend)
+            try:
+                reader = open_cache(storage, allow_unfinished=True)
+            except NotACacheError:
+                continue
+            m = reader.manifest
+            finished_epochs = tuple(m.epochs_complete) if reader.finished else ()
+            # A finished cache's manifest says which epochs are whole; counting committed units
+            # instead would list every epoch folder, which is slow on an object store.
+            complete = finished_epochs or tuple(reader.epochs_complete)
+            views = len(complete) * m.num_slots if reader.finished else reader.num_views()
+            out.append(
+                Entry(
+                    key=key,
+                    backend=backend,
+                    location=storage.where(),
+                    manifest=m,
+                    finished=reader.finished,
+                    epochs_complete=complete,
+                    views=views,
+                    bytes=storage.total_size() if sizes else None,
+                    created=m.created,
+                    last_used=meta.get("last_used"),
+                    build_command=meta.get("build_command"),
+                )
+            )
+    return sorted(out, key=lambda e: (e.last_used or e.created, e.key), reverse=True)
+
+
+def resolve_key(root: Storage, text: str) -> str:
+    """The key that ``text`` (a key or a unique prefix of at least 4 characters) names under ``root``."""
+    keys = sorted(k for k in root.listdir() if _KEY_RE.match(k))
+    if text in keys:
+        return text
+    found = [k for k in keys if len(text) >= 4 and k.startswith(text)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise RegistryError(f"{text!r} matches several caches under {root.where()}: {', '.join(found)}")
+    raise RegistryError(
+        f"no cache {text!r} under {root.where()}; `kdcache ls --cache-root {root.where()}` lists the keys"
+    )
+
+
+def remove_entry(root: Storage, key: str, backend: str | None = None) -> int:
+    """Delete one format of cache KEY (or all of it); returns the bytes freed. Refuses while a build
+    holds the cache's lock."""
+    from kdcache.teacher_cache.lock import LOCK_NAME, CacheLockedError
+
+    entry = root.child(key)
+    chosen = [backend] if backend else [b for b in FORMATS if entry.child(b).exists()]
+    freed = 0
+    for b in chosen:
+        storage = entry.child(b)
+        if not storage.exists():
+            raise RegistryError(f"cache {key} has no {b} format under {root.where()}")
+        lock = storage.lock(LOCK_NAME)
+        try:
+            lock.acquire()
+        except CacheLockedError as e:
+            raise RegistryError(f"cannot remove {storage.where()}: {e}") from None
+        try:
+            freed += storage.total_size()
+            storage.delete_all()
+        finally:
+            lock.release()
+    if not any(entry.child(b).exists() for b in FORMATS):
+        entry.delete_all()
+    return freed

@@ -1,0 +1,111 @@
+"""Finding the cache a training run needs from the teacher and the dataset, or saying how to build it."""
+
+from __future__ import annotations
+
+import shlex
+
+from kdcache.registry.catalog import Entry, RegistryError, list_entries
+from kdcache.registry.key import identity
+from kdcache.teacher_cache.storage import Storage
+
+
+def find_matches(root: Storage, teacher_model: str, fingerprint: str, weights_sha256: str | None = None) -> list[Entry]:
+    """Finished caches under ``root`` built from this teacher (and weights, if given) on this dataset."""
+    out = []
+    for e in list_entries(root, sizes=False):
+        ident = identity(e.manifest)
+        if not e.finished or not e.epochs_complete:
+            continue
+        if ident["teacher"] != teacher_model or ident["dataset_fingerprint"] != fingerprint:
+            continue
+        if weights_sha256 is not None and ident["weights_sha256"] != weights_sha256:
+            continue
+        out.append(e)
+    return out
+
+
+def build_command(teacher: str, data: str, teacher_weights: str | None, root: str | None) -> str:
+    parts = ["kdcache", "build", "--teacher", teacher, "--data", data]
+    if teacher_weights:
+        parts += ["--teacher-weights", teacher_weights]
+    if root:
+        parts += ["--cache-root", root]
+    return shlex.join(parts)
+
+
+def choose(matches: list[Entry], root: Storage, hint: str) -> Entry:
+    """The one matching cache; otherwise an error that lists them or gives the build command ``hint``."""
+    if not matches:
+        raise RegistryError(
+            f"no cache under {root.where()} matches this teacher and dataset. Build one with:\n  {hint}"
+        )
+    keys = {e.key for e in matches}
+    if len(keys) > 1:
+        lines = [
+            f"  --cache {e.key}  ({e.backend}, seed {e.manifest.seed}, top-{e.manifest.topk}, "
+            f"{e.manifest.image_size}px, x{e.manifest.repeats}, {len(e.epochs_complete)} epochs)"
+            for e in matches
+        ]
+        raise RegistryError(
+            f"{len(keys)} caches under {root.where()} match this teacher and dataset; choose one:\n" + "\n".join(lines)
+        )
+    # One key in two formats: zarr reads an epoch fastest.
+    return sorted(matches, key=lambda e: e.backend != "zarr")[0]
+
+
+def resolve_train_cache(
+    cache: str | None,
+    teacher: str | None,
+    data: str | None,
+    teacher_weights: str | None,
+    root_spec: str | None,
+) -> tuple[str, str | None]:
+    """The cache a training run reads, and a line saying how it was found (None if given as a path).
+
+    ``cache`` may be a path or URL, or a registry key (or unique key prefix). Without it, the registry is
+    searched for the finished cache of ``teacher`` (and ``teacher_weights``, if given) on ``data``.
+    """
+    from pathlib import Path
+
+    from kdcache.registry.catalog import resolve_key, touch
+    from kdcache.registry.root import cache_root
+    from kdcache.teacher_cache.storage import is_url
+
+    if cache is not None and (is_url(cache) or Path(cache).exists() or not _looks_like_key(cache)):
+        return cache, None
+    root = cache_root(root_spec)
+    if cache is not None:
+        key = resolve_key(root, cache)
+        entries = [e for e in list_entries(root, sizes=False, keys=[key]) if e.finished]
+        if not entries:
+            raise RegistryError(f"cache {key} under {root.where()} has no finished build yet; finish it first")
+        entry = sorted(entries, key=lambda e: e.backend != "zarr")[0]
+    else:
+        if teacher is None or data is None:
+            raise RegistryError(
+                "give --cache (a path, URL or registry key), or --teacher and --data to find the cache in the "
+                "registry (`kdcache ls` lists it)"
+            )
+        entry = choose(
+            _matches_for(root, teacher, data, teacher_weights),
+            root,
+            build_command(teacher, data, teacher_weights, root_spec),
+        )
+    touch(root, entry.key)
+    return entry.location, f"registry: using cache {entry.key} ({entry.backend}) at {entry.location}"
+
+
+def _matches_for(root: Storage, teacher: str, data: str, teacher_weights: str | None) -> list[Entry]:
+    from kdcache.data.wds_source import open_source
+    from kdcache.teacher_cache.teacher import create_teacher, resolve_name
+
+    fingerprint = open_source(data).fingerprint
+    sha = None
+    if teacher_weights is not None:
+        # The manifest's sha256 is over the model's state dict once the file is loaded into it.
+        sha = create_teacher(teacher, teacher_weights)[1].weights_sha256
+    return find_matches(root, resolve_name(teacher), fingerprint, sha)
+
+
+def _looks_like_key(text: str) -> bool:
+    return 4 <= len(text) <= 16 and all(c in "0123456789abcdef" for c in text)
