@@ -21,6 +21,7 @@ from kdcache.data import ImageFolderSource
 from kdcache.recipe import AugmentConfig
 from kdcache.views import ViewEngine
 
+
 @pytest.fixture(autouse=True)
 def _registry_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # No test may write to the user's real cache directory (~/.cache/kdcache).

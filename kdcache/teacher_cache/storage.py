@@ -23,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from kdcache.teacher_cache.atomic import tree_size, write_atomic
+from kdcache.teacher_cache.errors import CacheError
+
+
+class StorageError(CacheError):
+    """A cache location that cannot be opened (unknown protocol, missing fsspec implementation)."""
 
 
 def is_url(spec: str | Path) -> bool:
@@ -189,7 +194,12 @@ class FsspecStorage(Storage):
 
         self.url = url.rstrip("/")
         if fs is None:
-            fs, path = fsspec.core.url_to_fs(self.url)
+            try:
+                fs, path = fsspec.core.url_to_fs(self.url)
+            except ImportError as e:  # fsspec names the missing package (s3fs, gcsfs, ...)
+                raise StorageError(f"cannot open {self.url}: {e}. For s3://, pip install 'kdcache[s3]'") from None
+            except ValueError as e:
+                raise StorageError(f"cannot open {self.url}: {e}") from None
         else:
             path = fs._strip_protocol(self.url)
         self.fs = fs
