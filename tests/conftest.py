@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from s3_helpers import s3_bucket, s3_server  # noqa: F401  (fixtures: an S3 emulator, a bucket per test)
 from sklearn.datasets import load_digits, load_sample_images
 
 from kdcache.data import ImageFolderSource

@@ -13,10 +13,13 @@ from kdcache.teacher_cache import CacheError
 from kdcache.teacher_cache.storage import FsspecStorage, LocalStorage, is_url, open_storage
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def storage(request, tmp_path):
     if request.param == "local":
         yield open_storage(tmp_path / "s")
+        return
+    if request.param == "s3":  # moto's S3 server on loopback (tests/s3_helpers.py)
+        yield open_storage(f"{request.getfixturevalue('s3_bucket')}/s")
         return
     bucket = f"kdc-{uuid.uuid4().hex[:12]}"
     yield open_storage(f"memory://{bucket}/s")

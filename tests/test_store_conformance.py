@@ -42,12 +42,16 @@ def _no_fsync(monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: None)
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def loc(request, tmp_path):
-    """Where a test's caches live: a local directory, or an fsspec URL (the in-process memory:// store
-    stands in for object stores here; tests/test_remote_s3.py runs the same paths against S3)."""
+    """Where a test's caches live: a local directory, or an fsspec URL: the in-process memory:// store,
+    and S3 itself (moto's server on loopback, tests/s3_helpers.py; conditional PUTs included)."""
     if request.param == "local":
         yield lambda name: tmp_path / name
+        return
+    if request.param == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        yield lambda name: f"{bucket}/{name}"
         return
     import uuid
 

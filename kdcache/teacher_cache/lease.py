@@ -68,6 +68,7 @@ class LeaseLock:
         self.name = name
         self.ttl = float(os.environ.get("KDCACHE_LEASE_TTL", DEFAULT_TTL_S)) if ttl is None else ttl
         self.took_over: Lease | None = None  # the stale holder we replaced, if any
+        self.lost = False  # True once another process took the lease over from us
         self._me: Lease | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -84,6 +85,10 @@ class LeaseLock:
                 current = _parse(self.storage.read(self.name))
             except FileNotFoundError:
                 current = None  # released between our two calls
+            if current is not None and current.token == me.token:
+                # Our own create: its response was lost and the client retried the PUT, which then found
+                # the object (s3fs and botocore retry on connection errors). The lease is ours.
+                return self._start(me)
             if current is not None and not current.is_stale(time.time(), self.ttl):
                 who = current.describe(time.time())
                 raise CacheLockedError(
@@ -97,6 +102,9 @@ class LeaseLock:
             time.sleep(0.2)
             if self._current_token() != me.token:
                 raise CacheLockedError(f"cache {self.storage.location}: another process took over the stale lease")
+        return self._start(me)
+
+    def _start(self, me: Lease) -> LeaseLock:
         self._me = me
         self._thread = threading.Thread(target=self._beat, name="kdcache-lease", daemon=True)
         self._thread.start()
@@ -111,12 +119,23 @@ class LeaseLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 5):
-            if self._me is None:
+            if not self._beat_once():
                 return
+
+    def _beat_once(self) -> bool:
+        """Renew the lease; False once it is no longer ours (then it is never written again)."""
+        if self._me is None:
+            return False
+        # A transient store error is survivable: the next beat retries well within the ttl.
+        with contextlib.suppress(OSError):
+            # Paused past the ttl (suspended, partitioned), this holder may have been taken over: writing
+            # its heartbeat then would overwrite the new holder's lease and put two builds on the cache.
+            if self._current_token() != self._me.token:
+                self.lost = True
+                return False
             self._me = Lease(self._me.host, self._me.pid, self._me.started, time.time(), self._me.token)
-            # A transient store error is survivable: the next beat retries well within the ttl.
-            with contextlib.suppress(OSError):
-                self.storage.write(self.name, _dump(self._me))
+            self.storage.write(self.name, _dump(self._me))
+        return True
 
     def release(self) -> None:
         self._stop.set()
