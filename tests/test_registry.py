@@ -210,22 +210,31 @@ def test_train_finds_the_cache_by_teacher_and_data_or_says_how_to_build_it(setup
     assert all(f"--cache {k}" in ambiguous.stderr for k in keys)
 
 
-def test_registry_root_on_an_object_store_url(setup, tmp_path):
-    """The root may be an fsspec URL (memory:// here, in this process; S3 in test_remote_s3.py)."""
+@pytest.mark.parametrize("store", ["memory", "s3"])
+def test_registry_root_on_an_object_store_url(setup, tmp_path, store, request):
+    """The root may be an fsspec URL: fsspec's memory:// (this process only) or S3 (the emulator)."""
     import uuid
 
     import fsspec
 
     data, weights, ref = setup
-    home = f"memory://kdc-{uuid.uuid4().hex[:12]}/caches"
+    if store == "s3":
+        home = request.getfixturevalue("s3_bucket") + "/caches"
+    else:
+        home = f"memory://kdc-{uuid.uuid4().hex[:12]}/caches"
     try:
         assert "new cache" in registry_build(data, weights, home, "--epochs", "2").stderr
         assert "reused" in registry_build(data, weights, home, "--epochs", "2").stderr
         rows = json.loads(run_cli("ls", "--cache-root", home, "--json").stdout)
         assert len(rows) == 1 and rows[0]["location"].startswith(home) and rows[0]["views"] == 2 * 14
         assert cache_info(rows[0]["location"])["content_digest"] == ref["content_digest"]
+        train_args = [a for a in tiny_train(Path("x"), tmp_path / "run", "--epochs", "1") if a not in ("--cache", "x")]
+        found = run_cli(*train_args, "--teacher", "test_resnet", "--data", str(data), "--cache-root", home)
+        assert f"using cache {rows[0]['key']}" in found.stderr
+        assert json.loads(run_cli("ls", "--cache-root", home, "--json").stdout)[0]["last_used"] is not None
         run_cli("rm", rows[0]["key"], "--yes", "--cache-root", home)
         assert json.loads(run_cli("ls", "--cache-root", home, "--json").stdout) == []
     finally:
-        with contextlib.suppress(FileNotFoundError):  # rm may have left nothing to clean
-            fsspec.filesystem("memory").rm(home.split("/caches")[0].replace("memory://", "/"), recursive=True)
+        if store == "memory":
+            with contextlib.suppress(FileNotFoundError):  # rm may have left nothing to clean
+                fsspec.filesystem("memory").rm(home.split("/caches")[0].replace("memory://", "/"), recursive=True)
