@@ -135,9 +135,10 @@ def test_key_covers_exactly_the_content_fields():
     }
 
 
-def test_ls_lists_every_cache_as_a_table_and_as_json(setup, tmp_path):
+def test_ls_lists_every_cache_as_a_table_and_as_json(setup, tmp_path, monkeypatch):
     data, weights, _ = setup
     home = tmp_path / "home"
+    monkeypatch.setenv("KDCACHE_HOME", str(home))
     empty = run_cli("ls", "--cache-root", str(home))
     assert "no caches" in empty.stderr
     registry_build(data, weights, home, "--epochs", "2")
@@ -149,6 +150,9 @@ def test_ls_lists_every_cache_as_a_table_and_as_json(setup, tmp_path):
     assert zarr_row["teacher"] == "test_resnet" and zarr_row["num_samples"] == 15
     assert zarr_row["bytes"] > 0 and zarr_row["finished"]
     assert zarr_row["build_command"].startswith("kdcache build --teacher test_resnet")
+    # info/show/verify/export take a key prefix as CACHE (looked up under $KDCACHE_HOME).
+    by_key = json.loads(run_cli("info", zarr_row["key"][:6], "--json", "--no-digest").stdout)
+    assert by_key["path"] == zarr_row["location"]
     table = run_cli("ls", "--cache-root", str(home)).stdout.splitlines()
     assert table[0].split()[:4] == ["KEY", "FORMAT", "TEACHER", "DATASET"]
     assert len(table) == 3 and all(zarr_row["key"] in line for line in table[1:])

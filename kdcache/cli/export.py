@@ -11,7 +11,7 @@ from kdcache.cli.common import fail_cleanly
 
 
 @click.command()
-@click.argument("cache")
+@click.argument("cache", metavar="CACHE")
 @click.option("--format", "fmt", required=True, type=click.Choice(["zarr", "wds"]), help="Backend to write.")
 @click.option("--out", required=True, help="New (or partly exported) directory or fsspec URL.")
 @click.option("--no-check", is_flag=True, help="Skip comparing the content digests of source and copy.")
@@ -21,7 +21,10 @@ def export(cache: str, fmt: str, out: str, no_check: bool) -> None:
 
     Only committed units are copied; rerunning an interrupted export resumes it.
     """
+    from kdcache.registry.lookup import resolve_cache_arg
     from kdcache.teacher_cache.store import create_or_open_writer, open_cache
+
+    cache = resolve_cache_arg(cache, finished=True)
 
     src = open_cache(cache)
     if _same_place(out, cache):

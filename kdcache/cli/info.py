@@ -12,7 +12,7 @@ from kdcache.cli.common import fail_cleanly
 
 
 @click.command()
-@click.argument("cache")
+@click.argument("cache", metavar="CACHE")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
 @click.option("--no-digest", is_flag=True, help="Skip the content digest (it reads every committed unit).")
 @fail_cleanly
@@ -21,7 +21,10 @@ def info(cache: str, as_json: bool, no_digest: bool) -> None:
 
     Works on a build in progress too: only committed units count.
     """
+    from kdcache.registry.lookup import resolve_cache_arg
     from kdcache.teacher_cache.store import open_cache
+
+    cache = resolve_cache_arg(cache, finished=False)
 
     reader = open_cache(cache, allow_unfinished=True)
     summary = cache_summary(reader, digest=not no_digest)

@@ -12,7 +12,7 @@ from kdcache.cli.common import fail_cleanly, parse_slots
 
 
 @click.command()
-@click.argument("cache")
+@click.argument("cache", metavar="CACHE")
 @click.option("--epoch", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--slots", default="0:8", show_default=True, help="Half-open slot range A:B of the epoch.")
 @click.option("--data", help="Where the images are now, to show sample paths (default: the recorded source).")
@@ -21,9 +21,11 @@ from kdcache.cli.common import fail_cleanly, parse_slots
 def show(cache: str, epoch: int, slots: str, data: str | None, as_json: bool) -> None:
     """Print what CACHE stores for slots A:B of an epoch: sample, repeat, view params, digest and the
     teacher's top-k classes with probabilities."""
+    from kdcache.registry.lookup import resolve_cache_arg
     from kdcache.teacher_cache.store import open_cache, unit_slots
 
     a, b = parse_slots(slots)
+    cache = resolve_cache_arg(cache, finished=False)
     reader = open_cache(cache, allow_unfinished=True)
     m = reader.manifest
     if b > m.num_slots:

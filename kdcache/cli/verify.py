@@ -11,7 +11,7 @@ from kdcache.cli.common import fail_cleanly
 
 
 @click.command()
-@click.argument("cache")
+@click.argument("cache", metavar="CACHE")
 @click.option(
     "--views",
     "n_views",
@@ -34,9 +34,12 @@ def verify(
 ) -> None:
     """Re-render sampled views and compare their digests; re-run the teacher and compare the stored
     top-k (probabilities within 1e-3). Exits 1 on any mismatch, naming the view."""
+    from kdcache.registry.lookup import resolve_cache_arg
     from kdcache.teacher_cache.replay import LIKELY_CAUSE
     from kdcache.teacher_cache.store import open_cache
     from kdcache.teacher_cache.verify import PROB_TOLERANCE, verify_cache
+
+    cache = resolve_cache_arg(cache, finished=True)
 
     reader = open_cache(cache)
     report = verify_cache(

@@ -65,21 +65,14 @@ def resolve_train_cache(
     ``cache`` may be a path or URL, or a registry key (or unique key prefix). Without it, the registry is
     searched for the finished cache of ``teacher`` (and ``teacher_weights``, if given) on ``data``.
     """
-    from pathlib import Path
-
-    from kdcache.registry.catalog import resolve_key, touch
+    from kdcache.registry.catalog import touch
     from kdcache.registry.root import cache_root
-    from kdcache.teacher_cache.storage import is_url
 
-    if cache is not None and (is_url(cache) or Path(cache).exists() or not _looks_like_key(cache)):
+    if cache is not None and not is_registry_key(cache):
         return cache, None
     root = cache_root(root_spec)
     if cache is not None:
-        key = resolve_key(root, cache)
-        entries = [e for e in list_entries(root, sizes=False, keys=[key]) if e.finished]
-        if not entries:
-            raise RegistryError(f"cache {key} under {root.where()} has no finished build yet; finish it first")
-        entry = sorted(entries, key=lambda e: e.backend != "zarr")[0]
+        entry = entry_for_key(root, cache, finished=True)
     else:
         if teacher is None or data is None:
             raise RegistryError(
@@ -107,5 +100,33 @@ def _matches_for(root: Storage, teacher: str, data: str, teacher_weights: str | 
     return find_matches(root, resolve_name(teacher), fingerprint, sha)
 
 
-def _looks_like_key(text: str) -> bool:
+def is_registry_key(text: str) -> bool:
+    """A registry key or key prefix, not an existing path or a URL."""
+    from pathlib import Path
+
+    from kdcache.teacher_cache.storage import is_url
+
+    if is_url(text) or Path(text).exists():
+        return False
     return 4 <= len(text) <= 16 and all(c in "0123456789abcdef" for c in text)
+
+
+def entry_for_key(root: Storage, text: str, *, finished: bool) -> Entry:
+    """The cache that key (prefix) ``text`` names; zarr if it has both formats."""
+    from kdcache.registry.catalog import resolve_key
+
+    key = resolve_key(root, text)
+    entries = [e for e in list_entries(root, sizes=False, keys=[key]) if e.finished or not finished]
+    if not entries:
+        raise RegistryError(f"cache {key} under {root.where()} has no finished build yet; finish it first")
+    return sorted(entries, key=lambda e: e.backend != "zarr")[0]
+
+
+def resolve_cache_arg(cache: str, *, finished: bool = True) -> str:
+    """CACHE as given to info/show/verify/export: a path or URL unchanged, a registry key (prefix) looked
+    up under $KDCACHE_HOME (or the default root)."""
+    if not is_registry_key(cache):
+        return cache
+    from kdcache.registry.root import cache_root
+
+    return entry_for_key(cache_root(), cache, finished=finished).location
