@@ -192,6 +192,22 @@ def test_a_holder_that_was_taken_over_stops_renewing_and_leaves_the_new_lease(s3
     assert json.loads(storage.read("build.lock")) == theirs  # release removes only its own lease
 
 
+def test_a_build_whose_lease_was_taken_over_stops_before_its_next_commit(setup, s3_bucket, monkeypatch):
+    _, data, weights = setup
+    url = f"{s3_bucket}/c"
+    real_acquire = LeaseLock.acquire
+
+    def acquire_then_lose(self):  # as if paused past the ttl right after taking the lease
+        real_acquire(self)
+        _foreign_lease(self.storage, age_s=0)
+        return self
+
+    monkeypatch.setattr(LeaseLock, "acquire", acquire_then_lose)
+    proc = run_cli(*build_args(data, weights, url), check=False)
+    assert proc.returncode != 0 and "took over this build's lease" in proc.stderr
+    assert _committed(url) == 0  # not one unit written alongside the new holder
+
+
 def test_a_lease_created_by_a_retried_put_is_held(s3_bucket, monkeypatch):
     storage = open_storage(f"{s3_bucket}/c")
     real = storage.write_new

@@ -110,6 +110,16 @@ class LeaseLock:
         self._thread.start()
         return self
 
+    def check(self) -> None:
+        """Raise CacheLockedError if another process has taken the lease over (we were paused past the
+        ttl): the build calls this before committing each unit, so it stops instead of writing alongside."""
+        if self.lost or (self._me is not None and self._current_token() != self._me.token):
+            self.lost = True
+            raise CacheLockedError(
+                f"cache {self.storage.location}: another build took over this build's lease (no heartbeat "
+                f"for {self.ttl:.0f} s?); stopping. Committed units are kept; rerun the build once the other ends"
+            )
+
     def _current_token(self) -> str | None:
         try:
             lease = _parse(self.storage.read(self.name))

@@ -60,6 +60,9 @@ class BuildLock:
         self._fd = fd
         return self
 
+    def check(self) -> None:
+        """Nothing to check: a flock cannot be taken from a live holder (LeaseLock.check can fail)."""
+
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)

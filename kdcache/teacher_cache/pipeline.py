@@ -125,7 +125,14 @@ def run_build(cfg: BuildConfig) -> str:
         mine = assign(all_units(cfg.epochs, num_slots, unit_size), world.rank, world.size)
         pending = [u for u in mine if (u.epoch, u.index) not in completed]
         runner = TeacherRunner(prep.model, prep.teacher.mean, prep.teacher.std, cfg)
-        stats = run_units(prep.engine, runner, pending, writer.write_unit_arrays, prep.class_dtype, cfg, world)
+        write = writer.write_unit_arrays
+        if world.is_main:
+
+            def write(epoch, unit, arrays, _write=writer.write_unit_arrays):
+                lock.check()  # a lease on an object store can be lost; stop before the next commit
+                _write(epoch, unit, arrays)
+
+        stats = run_units(prep.engine, runner, pending, write, prep.class_dtype, cfg, world)
         world.barrier()
         if not world.is_main:
             return ""
