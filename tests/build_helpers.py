@@ -42,6 +42,13 @@ def write_teacher(path: Path, num_classes: int, arch: str = "test_resnet", seed:
     return path
 
 
+def three_class_setup(root: Path, per_class: int) -> tuple[Path, Path]:
+    """An ant/bee/cat ImageFolder with ``per_class`` images each under ``root/data``, and a 3-class
+    ``test_resnet`` teacher at ``root/teacher.pth``: the inputs of most build and train tests."""
+    data = write_dataset(root / "data", ["ant", "bee", "cat"], per_class=per_class)
+    return data, write_teacher(root / "teacher.pth", 3)
+
+
 class CliResult:
     def __init__(self, returncode: int, stdout: str, stderr: str):
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr

@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 import timm
 import torch
-from build_helpers import REPO, cache_info, run_cli, run_torchrun, tiny_build, write_dataset, write_teacher
+from build_helpers import (
+    REPO,
+    cache_info,
+    run_cli,
+    run_torchrun,
+    three_class_setup,
+    tiny_build,
+    write_dataset,
+    write_teacher,
+)
 
 NUM_CLASSES = 3
 
@@ -21,8 +30,7 @@ NUM_CLASSES = 3
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
-    data = write_dataset(root / "data", ["ant", "bee", "cat"], per_class=9)  # 27 images -> 26 slots/epoch
-    weights = write_teacher(root / "teacher.pth", NUM_CLASSES)
+    data, weights = three_class_setup(root, per_class=9)  # 27 images -> 26 slots/epoch
     return root, data, weights
 
 

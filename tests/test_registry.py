@@ -7,20 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-from build_helpers import cache_info, run_cli, tiny_build, tiny_train, write_dataset, write_teacher
+from build_helpers import cache_info, run_cli, three_class_setup, tiny_build, tiny_train
 
 from kdcache.registry import cache_key, identity
 from kdcache.teacher_cache import open_cache
 from kdcache.teacher_cache.synthetic import synthetic_manifest
 
-NUM_CLASSES = 3
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
-    data = write_dataset(root / "data", ["ant", "bee", "cat"], per_class=5)  # 15 images -> 14 slots
-    weights = write_teacher(root / "teacher.pth", NUM_CLASSES)
+    data, weights = three_class_setup(root, per_class=5)  # 15 images -> 14 slots
     ref = root / "ref"
     run_cli(*tiny_build(data, weights, ref, "--epochs", "2"))
     return data, weights, cache_info(ref)

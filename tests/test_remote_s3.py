@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
-from build_helpers import REPO, cache_info, run_cli, run_torchrun, tiny_build, tiny_train, write_dataset, write_teacher
+from build_helpers import (
+    REPO,
+    cache_info,
+    run_cli,
+    run_torchrun,
+    three_class_setup,
+    tiny_build,
+    tiny_train,
+)
 
 from kdcache.teacher_cache import CacheError, create_or_open_writer, open_cache
 from kdcache.teacher_cache.lease import LeaseLock
@@ -25,14 +33,11 @@ from kdcache.teacher_cache.lock import CacheLockedError
 from kdcache.teacher_cache.storage import open_storage
 from kdcache.teacher_cache.synthetic import synthetic_manifest, synthetic_unit
 
-NUM_CLASSES = 3
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("s3build")
-    data = write_dataset(root / "data", ["ant", "bee", "cat"], per_class=9)  # 27 images -> 26 slots/epoch
-    weights = write_teacher(root / "teacher.pth", NUM_CLASSES)
+    data, weights = three_class_setup(root, per_class=9)  # 27 images -> 26 slots/epoch
     return root, data, weights
 
 

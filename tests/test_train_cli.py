@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import timm
 import torch
-from build_helpers import REPO, run_cli, run_torchrun, tiny_build, tiny_train, write_dataset, write_teacher
+from build_helpers import (
+    REPO,
+    run_cli,
+    run_torchrun,
+    three_class_setup,
+    tiny_build,
+    tiny_train,
+)
 
 NUM_CLASSES = 3
 
@@ -21,8 +28,7 @@ NUM_CLASSES = 3
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    data = write_dataset(root / "data", ["ant", "bee", "cat"], per_class=8)  # 24 images -> 24 slots/epoch
-    weights = write_teacher(root / "teacher.pth", NUM_CLASSES)
+    data, weights = three_class_setup(root, per_class=8)  # 24 images -> 24 slots/epoch
     out = root / "cache"
     run_cli(*tiny_build(data, weights, out, "--epochs", "2", "--batch-size", "8", "--unit-size", "10240"))
     return root, data, weights, out
