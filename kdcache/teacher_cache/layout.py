@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 BUILD_HEADER = "build.json"  # written when a build starts; compared on every resume
 MANIFEST = "manifest.json"  # written last, by finalize(); readers require it
@@ -28,14 +27,3 @@ def parse_unit(name: str, suffix: str) -> int | None:
     """Unit index of a committed unit file ``uNNNNNN.<suffix>``; None for anything else (temp files)."""
     m = _UNIT_RE.match(name)
     return int(m.group(1)) if m and m.group(2) == suffix else None
-
-
-def epoch_dirs(parent: Path) -> dict[int, Path]:
-    if not parent.is_dir():
-        return {}
-    out = {}
-    for p in parent.iterdir():
-        e = parse_epoch(p.name)
-        if e is not None and p.is_dir():
-            out[e] = p
-    return out

@@ -113,7 +113,7 @@ class LeaseLock:
     def check(self) -> None:
         """Raise CacheLockedError if another process has taken the lease over (we were paused past the
         ttl): the build calls this before committing each unit, so it stops instead of writing alongside."""
-        if self.lost or (self._me is not None and self._current_token() != self._me.token):
+        if self.lost or (self._me is not None and not self._held()):
             self.lost = True
             raise CacheLockedError(
                 f"cache {self.storage.location}: another build took over this build's lease (no heartbeat "
@@ -126,6 +126,10 @@ class LeaseLock:
         except FileNotFoundError:
             return None
         return lease.token if lease else None
+
+    def _held(self) -> bool:
+        """The stored lease is still ours."""
+        return self._me is not None and self._current_token() == self._me.token
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 5):
@@ -140,7 +144,7 @@ class LeaseLock:
         with contextlib.suppress(OSError):
             # Paused past the ttl (suspended, partitioned), this holder may have been taken over: writing
             # its heartbeat then would overwrite the new holder's lease and put two builds on the cache.
-            if self._current_token() != self._me.token:
+            if not self._held():
                 self.lost = True
                 return False
             self._me = Lease(self._me.host, self._me.pid, self._me.started, time.time(), self._me.token)
@@ -152,7 +156,7 @@ class LeaseLock:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._me is not None and self._current_token() == self._me.token:
+        if self._held():
             self.storage.delete(self.name)
         self._me = None
 

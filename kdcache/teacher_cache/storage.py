@@ -109,7 +109,7 @@ class Storage(ABC):
         """Bytes of every object under the folder."""
 
     @abstractmethod
-    def lock(self, name: str) -> Any:
+    def lock(self, name: str = "build.lock") -> Any:
         """The build lock object for this folder (see lock.py and lease.py)."""
 
     def is_folder_like_file(self) -> bool:
@@ -131,23 +131,12 @@ class LocalStorage(Storage):
         return str(self.root / key) if key else str(self.root)
 
     def read(self, key: str) -> bytes:
+        # Plain strings, not pathlib: an epoch is ~756 chunks per field and pathlib costs ~0.1 s of it.
         try:
             with open(os.path.join(self.root, key), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             raise self.missing(key) from None
-
-    def read_many(self, keys: Sequence[str]) -> list[bytes]:
-        # Plain strings, not pathlib: an epoch is ~750 chunks per field and pathlib costs ~0.1 s of it.
-        root = str(self.root)
-        out = []
-        for key in keys:
-            try:
-                with open(f"{root}/{key}", "rb") as f:
-                    out.append(f.read())
-            except FileNotFoundError:
-                raise self.missing(key) from None
-        return out
 
     def write(self, key: str, data: bytes) -> None:
         write_atomic(self.root / key, data)
@@ -174,7 +163,7 @@ class LocalStorage(Storage):
     def total_size(self) -> int:
         return tree_size(self.root)
 
-    def lock(self, name: str) -> Any:
+    def lock(self, name: str = "build.lock") -> Any:
         from kdcache.teacher_cache.lock import BuildLock
 
         return BuildLock(self.root, name)
@@ -276,7 +265,7 @@ class FsspecStorage(Storage):
         except FileNotFoundError:
             return 0
 
-    def lock(self, name: str) -> Any:
+    def lock(self, name: str = "build.lock") -> Any:
         from kdcache.teacher_cache.lease import LeaseLock
 
         return LeaseLock(self, name)

@@ -24,10 +24,6 @@ def shard_key(epoch: int, unit: int) -> str:
     return f"{epoch_name(epoch)}/{unit_name(unit)}.tar"
 
 
-def shard_path(root: Path, epoch: int, unit: int) -> Path:
-    return Path(root) / shard_key(epoch, unit)
-
-
 def _committed(storage: Storage, epoch: int) -> set[int]:
     return {u for u in (parse_unit(n, "tar") for n in storage.listdir(epoch_name(epoch))) if u is not None}
 

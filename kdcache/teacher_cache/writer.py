@@ -90,8 +90,6 @@ def create_or_open_writer(path: str | Path | Storage, manifest: Manifest, backen
     root = storage.location
     if storage.is_folder_like_file():
         raise NotACacheError(f"{root} is a file; give a directory for the cache")
-    if isinstance(root, Path):
-        root.mkdir(parents=True, exist_ok=True)
     header = storage.where(BUILD_HEADER)
     stored = read_manifest(storage, BUILD_HEADER) or read_manifest(storage, MANIFEST)
     if stored is None:

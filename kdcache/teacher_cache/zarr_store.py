@@ -12,7 +12,6 @@ is plain zarr: ``zarr.open_group(path)`` reads any epoch without kdcache.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import zarr
@@ -43,14 +42,6 @@ def marker_key(epoch: int, unit: int) -> str:
     return f"{DONE_DIR}/{epoch_name(epoch)}/{unit_name(unit)}.json"
 
 
-def chunk_path(root: Path, epoch: int, name: str, unit: int, ndim: int) -> Path:
-    return Path(root) / chunk_key(epoch, name, unit, ndim)
-
-
-def marker_path(root: Path, epoch: int, unit: int) -> Path:
-    return Path(root) / marker_key(epoch, unit)
-
-
 def _committed(storage: Storage, epoch: int) -> set[int]:
     names = storage.listdir(f"{DONE_DIR}/{epoch_name(epoch)}")
     return {u for u in (parse_unit(n, "json") for n in names) if u is not None}
@@ -68,13 +59,19 @@ def _ndims(manifest: Manifest) -> dict[str, int]:
     return {name: 1 + len(row) for name, (_, row) in layout.items()}
 
 
+def _root_doc() -> bytes:
+    """The root group's zarr.json (identical for every writer)."""
+    docs: dict = {}
+    zarr.create_group(MemoryStore(docs), zarr_format=3, attributes=_ROOT_ATTRS)
+    return docs["zarr.json"].to_bytes()
+
+
 def _epoch_template(manifest: Manifest, epoch: int) -> tuple[dict, dict[str, zarr.Array]]:
     """An in-memory copy of epoch ``epoch``'s group: its metadata documents, and arrays that encode
     rows into chunk bytes exactly as zarr would store them."""
     m = manifest
     docs: dict = {}
     store = MemoryStore(docs)
-    zarr.create_group(store, zarr_format=3, attributes=_ROOT_ATTRS)
     group = zarr.create_group(store, path=epoch_name(epoch), zarr_format=3, attributes={"kdcache_epoch": epoch})
     arrays = {}
     for name, (dtype, row) in field_layout(m.record_width, m.topk, m.num_classes).items():
@@ -103,8 +100,7 @@ class ZarrWriter(CacheWriter):
 
     def _prepare(self) -> None:
         if not self.storage.exists("zarr.json"):
-            docs, _ = _epoch_template(self.manifest, 0)
-            self.storage.write_new("zarr.json", docs["zarr.json"].to_bytes())  # identical for every writer
+            self.storage.write_new("zarr.json", _root_doc())
 
     def _completed_in_epoch(self, epoch: int) -> set[int]:
         return _committed(self.storage, epoch)
@@ -116,6 +112,7 @@ class ZarrWriter(CacheWriter):
             if not self.storage.exists(group_key):
                 # Arrays first, the group last: a group document means the epoch's metadata is whole.
                 # Concurrent writers write identical documents; write_new keeps the first.
+                # (zarr also puts an implicit root document in ``docs``; the root is _prepare's.)
                 for key in sorted(k for k in docs if k.startswith(f"{epoch_name(epoch)}/") and k != group_key):
                     self.storage.write_new(key, docs[key].to_bytes())
                 self.storage.write_new(group_key, docs[group_key].to_bytes())
