@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -22,12 +21,13 @@ def export(cache: str, fmt: str, out: str, no_check: bool) -> None:
     Only committed units are copied; rerunning an interrupted export resumes it.
     """
     from kdcache.registry.lookup import resolve_cache_arg
+    from kdcache.teacher_cache.storage import open_storage
     from kdcache.teacher_cache.store import create_or_open_writer, open_cache
 
     cache = resolve_cache_arg(cache, finished=True)
 
     src = open_cache(cache)
-    if _same_place(out, cache):
+    if open_storage(out).absolute() == src.storage.absolute():
         raise click.BadParameter("--out must differ from CACHE", param_hint="--out")
     writer = create_or_open_writer(out, src.manifest.replace(epochs_complete=()), backend=fmt)
     done = writer.completed_units()
@@ -43,11 +43,3 @@ def export(cache: str, fmt: str, out: str, no_check: bool) -> None:
             raise click.ClickException(f"content digest of {out} differs from {cache}: the export is damaged")
         msg += f"; content digest {digest} unchanged"
     click.echo(msg)
-
-
-def _same_place(a: str, b: str) -> bool:
-    from kdcache.teacher_cache.storage import is_url
-
-    if is_url(a) or is_url(b):
-        return a.rstrip("/") == b.rstrip("/")
-    return Path(a).resolve() == Path(b).resolve()

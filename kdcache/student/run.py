@@ -120,14 +120,6 @@ class _MappedVal:
             yield images, self.mapping[labels]
 
 
-def _cache_location(spec: str) -> str:
-    """The cache as recorded in the run's config: an absolute path, or the URL unchanged (s3://...)."""
-    from kdcache.teacher_cache.storage import open_storage
-
-    storage = open_storage(spec)
-    return str(Path(storage.location).resolve()) if storage.is_local else str(storage.location)
-
-
 def run_train(args: TrainArgs):
     from kdcache.student.cache_source import CacheBatchSource
     from kdcache.student.dist import DistInfo
@@ -209,7 +201,7 @@ def run_train(args: TrainArgs):
             teacher=teacher,
             val_batches=val,
             run_info={
-                "cache": _cache_location(args.cache),
+                "cache": reader.storage.absolute(),  # a URL stays a URL
                 "teacher": m.teacher,
                 "dataset_fingerprint": m.dataset["fingerprint"],
             },

@@ -108,7 +108,7 @@ def run_build(cfg: BuildConfig) -> str:
         error = None
         if world.is_main:
             try:
-                lock = open_storage(cfg.out).lock("build.lock").acquire()
+                lock = open_storage(cfg.out).lock().acquire()
                 stack.callback(lock.release)
                 writer = create_or_open_writer(cfg.out, manifest)
             except Exception as e:
@@ -188,7 +188,7 @@ def _summary(cfg: BuildConfig, writer, stats, skipped: int, world_size: int) -> 
     views = reader.num_views()
     on_disk = reader.bytes_on_disk()
     lines = [
-        f"kdcache build finished: {_display(cfg.out)} ({reader.manifest.backend})",
+        f"kdcache build finished: {reader.storage.absolute()} ({reader.manifest.backend})",
         f"  teacher        {cfg.teacher}",
         f"  epochs         {sorted(reader.epochs_complete)} complete of {cfg.epochs} planned",
         f"  this run       {stats.views} views in {stats.seconds:.1f} s = {stats.views_per_s:.1f} views/s"
@@ -198,8 +198,3 @@ def _summary(cfg: BuildConfig, writer, stats, skipped: int, world_size: int) -> 
         f"  cache          {views} views, {on_disk / 1e6:.2f} MB, {on_disk / max(views, 1):.1f} B/view",
     ]
     return "\n".join(line for line in lines if line)
-
-
-def _display(out: str) -> str:
-    storage = open_storage(out)
-    return str(storage.location.resolve()) if storage.is_local else str(storage.location)

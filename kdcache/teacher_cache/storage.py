@@ -62,6 +62,10 @@ class Storage(ABC):
         base = str(self.location).rstrip("/")
         return f"{base}/{key}" if key else base
 
+    def absolute(self) -> str:
+        """The folder as an absolute path or the URL: what to record, print or compare."""
+        return self.where()
+
     def child(self, name: str) -> Storage:
         """The storage of the sub-folder ``name``."""
         return open_storage(self.where(name))
@@ -129,6 +133,9 @@ class LocalStorage(Storage):
 
     def where(self, key: str = "") -> str:
         return str(self.root / key) if key else str(self.root)
+
+    def absolute(self) -> str:
+        return str(self.root.resolve())
 
     def read(self, key: str) -> bytes:
         # Plain strings, not pathlib: an epoch is ~756 chunks per field and pathlib costs ~0.1 s of it.
