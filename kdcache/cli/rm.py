@@ -37,5 +37,7 @@ def rm(key: str, cache_root: str | None, backend: str | None, yes: bool) -> None
         if not sys.stdin.isatty():
             raise click.UsageError(f"removing {key} [{what}] needs confirmation: pass --yes")
         click.confirm(f"remove cache {key}: {what}?", abort=True)
-    freed = remove_entry(root, key, backend)
+    remove_entry(root, key, backend)
+    # The sizes `ls` measured just above: measuring again would list every object a second time.
+    freed = sum(e.bytes or 0 for e in entries)
     click.echo(f"removed {key} ({backend or 'all formats'}): {freed / 1e6:.2f} MB freed")

@@ -34,9 +34,12 @@ class Entry:
     epochs_complete: tuple[int, ...]
     views: int
     bytes: int | None  # None: not measured (ls --no-size)
-    created: str
     last_used: str | None
     build_command: str | None
+
+    @property
+    def created(self) -> str:
+        return self.manifest.created
 
     @property
     def teacher(self) -> str:
@@ -110,11 +113,12 @@ def list_entries(root: Storage, *, sizes: bool = True, keys: list[str] | None = 
             except NotACacheError:
                 continue
             m = reader.manifest
-            finished_epochs = tuple(m.epochs_complete) if reader.finished else ()
             # A finished cache's manifest says which epochs are whole; counting committed units
             # instead would list every epoch folder, which is slow on an object store.
-            complete = finished_epochs or tuple(reader.epochs_complete)
-            views = len(complete) * m.num_slots if reader.finished else reader.num_views()
+            if reader.finished:
+                complete, views = tuple(m.epochs_complete), len(m.epochs_complete) * m.num_slots
+            else:
+                complete, views = tuple(reader.epochs_complete), reader.num_views()
             out.append(
                 Entry(
                     key=key,
@@ -125,7 +129,6 @@ def list_entries(root: Storage, *, sizes: bool = True, keys: list[str] | None = 
                     epochs_complete=complete,
                     views=views,
                     bytes=storage.total_size() if sizes else None,
-                    created=m.created,
                     last_used=meta.get("last_used"),
                     build_command=meta.get("build_command"),
                 )
@@ -148,28 +151,24 @@ def resolve_key(root: Storage, text: str) -> str:
     )
 
 
-def remove_entry(root: Storage, key: str, backend: str | None = None) -> int:
-    """Delete one format of cache KEY (or all of it); returns the bytes freed. Refuses while a build
-    holds the cache's lock."""
-    from kdcache.teacher_cache.lock import LOCK_NAME, CacheLockedError
+def remove_entry(root: Storage, key: str, backend: str | None = None) -> None:
+    """Delete one format of cache KEY (or all of it). Refuses while a build holds the cache's lock."""
+    from kdcache.teacher_cache.lock import CacheLockedError
 
     entry = root.child(key)
     chosen = [backend] if backend else [b for b in FORMATS if entry.child(b).exists()]
-    freed = 0
     for b in chosen:
         storage = entry.child(b)
         if not storage.exists():
             raise RegistryError(f"cache {key} has no {b} format under {root.where()}")
-        lock = storage.lock(LOCK_NAME)
+        lock = storage.lock()
         try:
             lock.acquire()
         except CacheLockedError as e:
             raise RegistryError(f"cannot remove {storage.where()}: {e}") from None
         try:
-            freed += storage.total_size()
             storage.delete_all()
         finally:
             lock.release()
     if not any(entry.child(b).exists() for b in FORMATS):
         entry.delete_all()
-    return freed

@@ -11,15 +11,14 @@ from kdcache.teacher_cache.layout import BUILD_HEADER, MANIFEST
 from kdcache.teacher_cache.manifest import Manifest, read_manifest
 from kdcache.teacher_cache.storage import Storage
 
-# What a build finds under its key: nothing (new), every asked epoch (reused), fewer epochs than asked
-# (extended), or an unfinished build of the same epochs (resumed).
-STATES = ("new", "reused", "extended", "resumed")
-
 
 @dataclass(frozen=True)
 class Destination:
+    root: Storage  # the registry root
     key: str
     out: str  # the cache's path or URL
+    # What the build finds under its key: nothing ("new"), every asked epoch ("reused"), fewer epochs
+    # than asked ("extended"), or an unfinished build of the same epochs ("resumed").
     state: str
     epochs_before: tuple[int, ...]  # complete epochs found there
 
@@ -36,7 +35,7 @@ def plan_destination(root: Storage, manifest: Manifest, epochs: int) -> tuple[De
     final = read_manifest(storage, MANIFEST)
     base = read_manifest(storage, BUILD_HEADER) or final
     if base is None:
-        return Destination(key, storage.where(), "new", ()), manifest
+        return Destination(root, key, storage.where(), "new", ()), manifest
     adopted = manifest.replace(
         unit_size=base.unit_size,
         recipe=base.recipe,
@@ -49,7 +48,7 @@ def plan_destination(root: Storage, manifest: Manifest, epochs: int) -> tuple[De
         state = "extended"
     else:
         state = "resumed"
-    return Destination(key, storage.where(), state, done), adopted
+    return Destination(root, key, storage.where(), state, done), adopted
 
 
 def build_command(cfg: BuildConfig, root: str | None) -> str:

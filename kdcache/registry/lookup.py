@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-
 from kdcache.registry.catalog import Entry, RegistryError, list_entries
 from kdcache.registry.key import identity
 from kdcache.teacher_cache.storage import Storage
@@ -24,13 +22,9 @@ def find_matches(root: Storage, teacher_model: str, fingerprint: str, weights_sh
     return out
 
 
-def build_command(teacher: str, data: str, teacher_weights: str | None, root: str | None) -> str:
-    parts = ["kdcache", "build", "--teacher", teacher, "--data", data]
-    if teacher_weights:
-        parts += ["--teacher-weights", teacher_weights]
-    if root:
-        parts += ["--cache-root", root]
-    return shlex.join(parts)
+def prefer_zarr(entries: list[Entry]) -> Entry:
+    """Of one key's formats, zarr: it reads an epoch fastest."""
+    return sorted(entries, key=lambda e: e.backend != "zarr")[0]
 
 
 def choose(matches: list[Entry], root: Storage, hint: str) -> Entry:
@@ -49,8 +43,7 @@ def choose(matches: list[Entry], root: Storage, hint: str) -> Entry:
         raise RegistryError(
             f"{len(keys)} caches under {root.where()} match this teacher and dataset; choose one:\n" + "\n".join(lines)
         )
-    # One key in two formats: zarr reads an epoch fastest.
-    return sorted(matches, key=lambda e: e.backend != "zarr")[0]
+    return prefer_zarr(matches)
 
 
 def resolve_train_cache(
@@ -66,7 +59,9 @@ def resolve_train_cache(
     searched for the finished cache of ``teacher`` (and ``teacher_weights``, if given) on ``data``.
     """
     from kdcache.registry.catalog import touch
+    from kdcache.registry.destination import build_command
     from kdcache.registry.root import cache_root
+    from kdcache.teacher_cache.build_config import BuildConfig
 
     if cache is not None and not is_registry_key(cache):
         return cache, None
@@ -79,11 +74,8 @@ def resolve_train_cache(
                 "give --cache (a path, URL or registry key), or --teacher and --data to find the cache in the "
                 "registry (`kdcache ls` lists it)"
             )
-        entry = choose(
-            _matches_for(root, teacher, data, teacher_weights),
-            root,
-            build_command(teacher, data, teacher_weights, root_spec),
-        )
+        hint = build_command(BuildConfig(teacher=teacher, data=data, teacher_weights=teacher_weights), root_spec)
+        entry = choose(_matches_for(root, teacher, data, teacher_weights), root, hint)
     touch(root, entry.key)
     return entry.location, f"registry: using cache {entry.key} ({entry.backend}) at {entry.location}"
 
@@ -119,7 +111,7 @@ def entry_for_key(root: Storage, text: str, *, finished: bool) -> Entry:
     entries = [e for e in list_entries(root, sizes=False, keys=[key]) if e.finished or not finished]
     if not entries:
         raise RegistryError(f"cache {key} under {root.where()} has no finished build yet; finish it first")
-    return sorted(entries, key=lambda e: e.backend != "zarr")[0]
+    return prefer_zarr(entries)
 
 
 def resolve_cache_arg(cache: str, *, finished: bool = True) -> str:

@@ -155,9 +155,8 @@ def _registry_destination(cfg: BuildConfig, prep: PreparedBuild):
 def _record_in_registry(cfg: BuildConfig, dest) -> str:
     from kdcache.registry.catalog import record
     from kdcache.registry.destination import build_command
-    from kdcache.registry.root import cache_root
 
-    record(cache_root(cfg.cache_root), dest.key, used=True, build_command=build_command(cfg, cfg.cache_root))
+    record(dest.root, dest.key, used=True, build_command=build_command(cfg, cfg.cache_root))
     what = {
         "new": "new cache",
         "extended": f"extended the cache that had epochs {list(dest.epochs_before)}",
@@ -168,9 +167,8 @@ def _record_in_registry(cfg: BuildConfig, dest) -> str:
 
 def _reused_summary(cfg: BuildConfig, dest) -> str:
     from kdcache.registry.catalog import touch
-    from kdcache.registry.root import cache_root
 
-    touch(cache_root(cfg.cache_root), dest.key)
+    touch(dest.root, dest.key)
     return "\n".join(
         [
             f"kdcache build: reused {dest.out} ({cfg.backend}); nothing to compute",

@@ -24,6 +24,7 @@ from typing import Any
 
 from kdcache.teacher_cache.atomic import tree_size, write_atomic
 from kdcache.teacher_cache.errors import CacheError
+from kdcache.teacher_cache.lock import LOCK_NAME
 
 
 class StorageError(CacheError):
@@ -113,7 +114,7 @@ class Storage(ABC):
         """Bytes of every object under the folder."""
 
     @abstractmethod
-    def lock(self, name: str = "build.lock") -> Any:
+    def lock(self, name: str = LOCK_NAME) -> Any:
         """The build lock object for this folder (see lock.py and lease.py)."""
 
     def is_folder_like_file(self) -> bool:
@@ -170,7 +171,7 @@ class LocalStorage(Storage):
     def total_size(self) -> int:
         return tree_size(self.root)
 
-    def lock(self, name: str = "build.lock") -> Any:
+    def lock(self, name: str = LOCK_NAME) -> Any:
         from kdcache.teacher_cache.lock import BuildLock
 
         return BuildLock(self.root, name)
@@ -272,7 +273,7 @@ class FsspecStorage(Storage):
         except FileNotFoundError:
             return 0
 
-    def lock(self, name: str = "build.lock") -> Any:
+    def lock(self, name: str = LOCK_NAME) -> Any:
         from kdcache.teacher_cache.lease import LeaseLock
 
         return LeaseLock(self, name)
