@@ -230,9 +230,14 @@ def test_online_and_cached_from_the_same_teacher_agree(tmp_path):
     assert lc["ce"] == pytest.approx(lo["ce"], rel=2e-3)
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 @pytest.mark.parametrize("amp, channels_last", [("bf16", True), ("fp16", False)])
 def test_amp_and_channels_last(tmp_path, amp, channels_last):
-    res = _trainer(tmp_path, amp=amp, channels_last=channels_last).fit(_source(), stop_at_step=2)
+    # oneDNN's bf16 convolution backward on CPUs without native bf16 (torch 2.14) sometimes leaves NaN in a
+    # weight gradient (uninitialised memory; it depends on what ran before). This test is about the trainer's
+    # autocast and GradScaler plumbing, so it uses ATen's own CPU kernels.
+    with torch.backends.mkldnn.flags(enabled=amp != "bf16"):
+        res = _trainer(tmp_path, amp=amp, channels_last=channels_last).fit(_source(), stop_at_step=2)
     line = read_metrics(tmp_path)[0]
     assert not res.completed and all(math.isfinite(v) for v in line["train"].values())
     scaler = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["scaler"]
