@@ -4,7 +4,7 @@
   timed), collated into exactly the batches the build forms (``unit_batches`` + ``collate_pairs``),
   then ``TeacherRunner.topk`` (to device, normalise with the teacher's mean/std, forward, log-softmax,
   top-k, back to the host) is timed over those batches: the pure cost of the teacher.
-- **B, build**: ``kdcache.teacher_cache.build.run_units``, the build's render + teacher + write loop
+- **B, build**: ``kdcache.teacher_cache.build.loop.run_units``, the build's render + teacher + write loop
   (DataLoader workers render while the main process runs the same ``TeacherRunner``; a writer thread
   commits each unit) is timed over the same views into a fresh cache each round. The set-up is
   ``pipeline.run_build``'s (recipe, source, teacher, class map, view engine, manifest,
@@ -50,13 +50,14 @@ import torch
 from view_engine import bench_images, machine_info
 
 from kdcache.data.wds_source import open_source
-from kdcache.teacher_cache.build import BuildItems, TeacherRunner, run_units
-from kdcache.teacher_cache.build_config import BuildConfig
-from kdcache.teacher_cache.distributed import World
-from kdcache.teacher_cache.pipeline import prepare_build
-from kdcache.teacher_cache.store import create_or_open_writer, open_cache
-from kdcache.teacher_cache.teacher import resolve_name
-from kdcache.teacher_cache.units import Unit, all_units, unit_batches
+from kdcache.distributed import World
+from kdcache.models.teacher import resolve_name
+from kdcache.teacher_cache.build.config import BuildConfig
+from kdcache.teacher_cache.build.loop import BuildItems, run_units
+from kdcache.teacher_cache.build.pipeline import prepare_build
+from kdcache.teacher_cache.build.runner import TeacherRunner
+from kdcache.teacher_cache.build.schedule import Unit, all_units, unit_batches
+from kdcache.teacher_cache.store import class_dtype, create_or_open_writer, open_cache
 from kdcache.views import collate_pairs
 
 
@@ -80,7 +81,7 @@ class BuildSetup:
         num_slots, unit_size, model = prep.num_slots, prep.unit_size, prep.model
         self.units = all_units(cfg.epochs, num_slots, unit_size)
         self.runner = TeacherRunner(model, tinfo.mean, tinfo.std, cfg)
-        self.class_dtype = prep.class_dtype
+        self.class_dtype = class_dtype(prep.manifest.num_classes)
         self.tinfo = tinfo
         self.world = World(0, 1, 0)
 
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             teacher=args.teacher,
             data=str(root),
             out=str(tmp / "cache"),
-            backend=args.backend,
+            format=args.backend,
             topk=min(args.topk, num_classes),
             image_size=args.size,
             teacher_weights=str(weights),

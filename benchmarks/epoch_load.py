@@ -89,9 +89,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from kdcache.teacher_cache import create_or_open_writer, num_units, open_cache
-    from kdcache.teacher_cache.fields import UnitData
-    from kdcache.teacher_cache.synthetic import synthetic_manifest, synthetic_topk
-    from kdcache.teacher_cache.units import unit_slots
+    from kdcache.teacher_cache.store.fields import UnitData
+    from kdcache.teacher_cache.store.units import unit_slots
+    from kdcache.testing.synthetic_cache import synthetic_manifest, synthetic_topk
     from kdcache.views.plan import make_epoch_plan
 
     print(f"machine: {machine_info()}")

@@ -18,7 +18,7 @@ each timed run pulls its batches from a fresh ``CacheBatchSource.epoch_batches``
 workers re-render and digest-check every view), takes ``--warmup`` untimed steps, then times
 ``--steps`` steps.
 
-Before timing, a small cache is built with ``kdcache.teacher_cache.pipeline.run_build`` over
+Before timing, a small cache is built with ``kdcache.teacher_cache.build.pipeline.run_build`` over
 synthetic ImageNet-like JPEGs (``view_engine.make_imagefolder``; folders renamed to ImageNet WordNet
 ids so that the 1000-class teacher maps them) with a teacher at random init saved to a temporary .pth
 and passed as ``teacher_weights``, as a user passes ``--teacher-weights`` (no network needed). The
@@ -58,21 +58,22 @@ from timm.utils import dispatch_clip_grad
 # benchmarks/ is on sys.path when this file runs as a script.
 from view_engine import _proc_cpu_seconds, machine_info, make_imagefolder
 
+from kdcache.models.normalize import Normalize
+from kdcache.models.online_teacher import OnlineTeacher
+from kdcache.models.precision import amp_dtype
+from kdcache.models.student import create_student
+from kdcache.models.teacher import create_teacher, resolve_name
 from kdcache.student.cache_source import CacheBatchSource
 from kdcache.student.loss import KDLoss, mixed_smooth_target
-from kdcache.student.model import create_student
-from kdcache.student.normalize import Normalize
-from kdcache.student.online_teacher import OnlineTeacher
 from kdcache.student.optim import create_optimizer
-from kdcache.student.run import TrainArgs, resolve_recipe
+from kdcache.student.run import TrainConfig, resolve_recipe
 from kdcache.student.schedule import create_scheduler
 from kdcache.student.targets import TeacherTarget
-from kdcache.student.trainer import AMP_DTYPES, RunOptions, Trainer
-from kdcache.teacher_cache.build_config import BuildConfig
-from kdcache.teacher_cache.pipeline import run_build
+from kdcache.student.trainer import RunOptions, Trainer
+from kdcache.teacher_cache.build.config import BuildConfig
+from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
 from kdcache.teacher_cache.replay import open_replay
 from kdcache.teacher_cache.store import open_cache
-from kdcache.teacher_cache.teacher import create_teacher, resolve_name
 
 MODES = ("none", "cached", "online", "timm")
 
@@ -128,7 +129,7 @@ class KdcacheMode:
         if mode == "online":
             model, tinfo = create_teacher(args.teacher, args.teacher_weights, num_classes=manifest.num_classes)
             teacher = OnlineTeacher(
-                model.to(args.device), tinfo.mean, tinfo.std, args.channels_last, AMP_DTYPES[args.amp]
+                model.to(args.device), tinfo.mean, tinfo.std, args.channels_last, amp_dtype(args.amp)
             )
         self.source = CacheBatchSource(
             reader,
@@ -174,7 +175,7 @@ class TimmMode:
         cfg = self.cfg = recipe.train
         self.device = torch.device(args.device)
         self.num_classes = manifest.num_classes
-        self.amp = AMP_DTYPES[args.amp]
+        self.amp = amp_dtype(args.amp)
         self.source = CacheBatchSource(
             reader, engine, np.asarray(manifest.dataset["to_teacher"]), cfg.global_batch, workers=args.workers,
             with_topk=False,
@@ -388,25 +389,26 @@ def main(argv: list[str] | None = None) -> int:
             weights_note = args.teacher_weights
         print(f"cache   : building {views} views with the teacher (not timed) ...", flush=True)
         t0 = time.perf_counter()
-        summary = run_build(
-            BuildConfig(
-                teacher=args.teacher,
-                data=str(root),
-                out=str(tmp / "cache"),
-                teacher_weights=args.teacher_weights,
-                batch_size=min(64, args.batch * 4),
-                workers=args.workers,
-                device=args.device,
-                progress=False,
-            )
+        bcfg = BuildConfig(
+            teacher=args.teacher,
+            data=str(root),
+            out=str(tmp / "cache"),
+            teacher_weights=args.teacher_weights,
+            batch_size=min(64, args.batch * 4),
+            workers=args.workers,
+            device=args.device,
+            progress=False,
         )
+        summary = run_build(bcfg, prepare_build(bcfg), bcfg.out).summary(args.teacher)
         print(f"cache   : built in {time.perf_counter() - t0:.1f} s (not timed below)")
         print("\n".join("          " + line.strip() for line in summary.splitlines()[1:]))
 
         reader = open_cache(str(tmp / "cache"))
         m = reader.manifest
         engine = open_replay(m)
-        targs = TrainArgs(student=args.student, cache=str(tmp / "cache"), out=str(tmp / "runs"), batch_size=args.batch)
+        targs = TrainConfig(
+            student=args.student, cache=str(tmp / "cache"), out=str(tmp / "runs"), batch_size=args.batch
+        )
         recipe = resolve_recipe(targs, m.recipe)
         runners: dict[str, Any] = {}
         for mode in modes:

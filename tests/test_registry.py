@@ -11,7 +11,7 @@ from build_helpers import cache_info, run_cli, three_class_setup, tiny_build, ti
 
 from kdcache.registry import cache_key, identity
 from kdcache.teacher_cache import open_cache
-from kdcache.teacher_cache.synthetic import synthetic_manifest
+from kdcache.testing.synthetic_cache import synthetic_manifest
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ class CountingRunUnits:
     """Wraps the build's unit loop to record which (epoch, unit) the teacher was run on."""
 
     def __init__(self, monkeypatch):
-        import kdcache.teacher_cache.pipeline as pipeline
+        import kdcache.teacher_cache.build.pipeline as pipeline
 
         self.units: list[tuple[int, int]] = []
         real = pipeline.run_units
@@ -156,7 +156,7 @@ def test_ls_lists_every_cache_as_a_table_and_as_json(setup, tmp_path, monkeypatc
 
 
 def test_rm_asks_refuses_while_building_and_removes(setup, tmp_path):
-    from kdcache.teacher_cache.lock import BuildLock
+    from kdcache.teacher_cache.storage.flock import BuildLock
 
     data, weights, _ = setup
     home = tmp_path / "home"

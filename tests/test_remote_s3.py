@@ -28,10 +28,10 @@ from build_helpers import (
 )
 
 from kdcache.teacher_cache import CacheError, create_or_open_writer, open_cache
-from kdcache.teacher_cache.lease import LeaseLock
-from kdcache.teacher_cache.lock import CacheLockedError
 from kdcache.teacher_cache.storage import open_storage
-from kdcache.teacher_cache.synthetic import synthetic_manifest, synthetic_unit
+from kdcache.teacher_cache.storage.flock import CacheLockedError
+from kdcache.teacher_cache.storage.lease import LeaseLock
+from kdcache.testing.synthetic_cache import synthetic_manifest, synthetic_unit
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +125,8 @@ def test_a_live_lease_refuses_a_second_build_and_a_killed_holders_lease_is_taken
         [
             sys.executable,
             "-c",
-            "import sys, time; from kdcache.teacher_cache.storage import open_storage; "
-            "open_storage(sys.argv[1]).lock('build.lock').acquire(); print('locked', flush=True); time.sleep(120)",
+            "import sys, time; from kdcache.teacher_cache.storage import build_lock, open_storage; "
+            "build_lock(open_storage(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(120)",
             url,
         ],
         stdout=subprocess.PIPE,

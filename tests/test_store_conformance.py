@@ -22,13 +22,14 @@ from kdcache.teacher_cache import (
     NotACacheError,
     UnitData,
     UnsupportedFormatError,
+    content_hash,
     create_or_open_writer,
     num_units,
     open_cache,
 )
-from kdcache.teacher_cache.layout import BUILD_HEADER, MANIFEST
 from kdcache.teacher_cache.storage import open_storage
-from kdcache.teacher_cache.synthetic import synthetic_manifest, synthetic_unit
+from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
+from kdcache.testing.synthetic_cache import synthetic_manifest, synthetic_unit
 
 BACKENDS = ["zarr", "wds"]
 EPOCHS = 2
@@ -186,7 +187,7 @@ def test_content_digest_is_identical_across_backends_write_orders_and_storage(tm
     places = [tmp_path / "c0", tmp_path / "c1", f"{remote}/c2", f"{remote}/c3"]
     for i, backend in enumerate(["zarr", "wds", "zarr", "wds"]):
         write_cache(places[i], backend, content, order)
-        digests.add(open_cache(places[i]).content_digest())
+        digests.add(content_hash(open_cache(places[i])))
         random.Random(i).shuffle(order)
     assert len(digests) == 1
     # ...and it does see content: one changed log-prob changes it.
@@ -195,7 +196,7 @@ def test_content_digest_is_identical_across_backends_write_orders_and_storage(tm
     lp[5, 2] = np.nextafter(lp[5, 2], np.float16(-np.inf))
     changed[(1, 2)] = UnitData(**{**content[(1, 2)].arrays(), "topk_logprob": lp})
     write_cache(tmp_path / "changed", "zarr", changed)
-    assert open_cache(tmp_path / "changed").content_digest() not in digests
+    assert content_hash(open_cache(tmp_path / "changed")) not in digests
 
 
 _WORKER = textwrap.dedent(
@@ -248,7 +249,7 @@ def test_concurrent_processes_writing_different_units(tmp_path, backend, content
     write_cache(tmp_path / "ref", backend, content)
     r = open_cache(path)
     assert r.completed_units() == set(content)
-    assert r.content_digest() == open_cache(tmp_path / "ref").content_digest()
+    assert content_hash(r) == content_hash(open_cache(tmp_path / "ref"))
     leftovers = list(path.rglob(".*"))
     assert leftovers == [], leftovers
 
@@ -343,7 +344,7 @@ def test_damaged_shard_names_the_file(tmp_path, backend, damage, content):
     assert info.value.path == victim
     assert str(victim) in str(info.value) and "kdcache build" in str(info.value)
     with pytest.raises(CorruptShardError):
-        r.content_digest()
+        content_hash(r)
     assert r.load_epoch(0).equals(expected_epoch(content, 0))  # other epochs are unaffected
 
 

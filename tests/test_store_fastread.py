@@ -10,8 +10,8 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, GzipCodec, TransposeCodec
 from zarr.storage import LocalStore
 
-from kdcache.teacher_cache.zarr_codecs import codec_kwargs
-from kdcache.teacher_cache.zarr_fastread import fast_decoder
+from kdcache.teacher_cache.store.zarr.codecs import codec_kwargs
+from kdcache.teacher_cache.store.zarr.fastread import fast_decoder
 
 
 def make(tmp_path, data: np.ndarray, chunks, **codecs):

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdcache.teacher_cache import FORMAT_VERSION, Manifest, ManifestError, UnsupportedFormatError
-from kdcache.teacher_cache.synthetic import synthetic_manifest
+from kdcache.testing.synthetic_cache import synthetic_manifest
 
 VALID = synthetic_manifest(num_samples=301, unit_size=64).to_dict()
 

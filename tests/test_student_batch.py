@@ -18,7 +18,7 @@ from kdcache.student.batch import (
     process_slots,
     train_batch_from_collated,
 )
-from kdcache.student.synthetic import SyntheticBatchSource
+from kdcache.testing.synthetic_batches import SyntheticBatchSource
 from kdcache.views.engine import PairDataset, ViewEngine, collate_pairs
 
 
@@ -34,7 +34,7 @@ def _batch(b=4, **kw):
 
 
 def test_train_batch_validation():
-    _batch().check_pairs()
+    _batch().validate_pairs()
     with pytest.raises(BatchError, match="even"):
         _batch(3, y_b=torch.arange(3))
     with pytest.raises(BatchError, match="uint8"):
@@ -44,9 +44,9 @@ def test_train_batch_validation():
     with pytest.raises(BatchError, match="come together"):
         _batch(topk_logprob=torch.zeros(4, 2, dtype=torch.float16))
     with pytest.raises(BatchError, match="partner"):
-        _batch(y_b=torch.arange(4)).check_pairs()
+        _batch(y_b=torch.arange(4)).validate_pairs()
     with pytest.raises(BatchError, match="same lam"):
-        _batch(lam=torch.tensor([0.1, 0.2, 0.5, 0.5])).check_pairs()
+        _batch(lam=torch.tensor([0.1, 0.2, 0.5, 0.5])).validate_pairs()
 
 
 def test_process_slots_split_is_world_size_independent():
@@ -76,7 +76,7 @@ def test_synthetic_source_is_deterministic_and_world_size_independent():
     for name in ("images", "y_a", "y_b", "lam", "topk_logprob", "topk_class", "slots"):
         torch.testing.assert_close(torch.cat([getattr(h, name) for h in halves]), getattr(a[2], name))
     for batch in a:
-        batch.check_pairs()
+        batch.validate_pairs()
         assert batch.topk_logprob.dtype == torch.float16 and batch.topk_class.dtype == torch.int16
 
 
@@ -100,7 +100,7 @@ def test_adapter_from_the_view_engine(tmp_path):
     topk_lp = torch.zeros(4, k, dtype=torch.float16)
     topk_cls = torch.zeros(4, k, dtype=torch.int16)
     batch = train_batch_from_collated(collated, engine.n_ops, aug.image_size, topk_lp, topk_cls)
-    batch.check_pairs()
+    batch.validate_pairs()
     assert batch.images.shape == (4, 24, 24, 3)
     assert batch.y_a.tolist() == collated["labels"].tolist()
     pairs = [ds[i] for i in range(2)]

@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 
 from kdcache.recipe import Recipe
 from kdcache.student.checkpoint import load_checkpoint
-from kdcache.student.synthetic import SyntheticBatchSource
 from kdcache.student.trainer import RunOptions, Trainer
+from kdcache.testing.synthetic_batches import SyntheticBatchSource
 
 SIZE, C, G, SLOTS = 16, 10, 8, 16
 

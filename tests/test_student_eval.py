@@ -9,8 +9,8 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
+from kdcache.models.normalize import Normalize
 from kdcache.student.evaluate import eval_transform, evaluate, make_val_loader
-from kdcache.student.normalize import Normalize
 
 
 def test_eval_transform_is_resize_then_centre_crop():

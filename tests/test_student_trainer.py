@@ -11,14 +11,14 @@ import timm
 import torch
 import yaml
 
+from kdcache.models.online_teacher import OnlineTeacher
 from kdcache.recipe import Recipe
 from kdcache.student.batch import BatchError, TrainBatch
 from kdcache.student.checkpoint import load_checkpoint
-from kdcache.student.online_teacher import OnlineTeacher
 from kdcache.student.runlog import read_metrics
 from kdcache.student.schedule import lr_at
-from kdcache.student.synthetic import SyntheticBatchSource
 from kdcache.student.trainer import RunOptions, Trainer, TrainError
+from kdcache.testing.synthetic_batches import SyntheticBatchSource
 
 SIZE, C, G = 16, 10, 8  # view size, classes, global batch
 SLOTS = 16  # -> 2 steps per epoch, 4 updates per run

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdcache.teacher_cache.topk import logits_to_topk, topk_to_probs
+from kdcache.teacher_cache.store.topk import logits_to_topk, topk_to_probs
 
 
 def synthetic_teacher(n: int = 1000, c: int = 1000, seed: int = 0) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import click
 
@@ -27,7 +27,6 @@ from kdcache.cli.common import fail_cleanly
 )
 @click.option(
     "--format",
-    "backend",
     type=click.Choice(["zarr", "wds"]),
     default="zarr",
     show_default=True,
@@ -47,7 +46,7 @@ from kdcache.cli.common import fail_cleanly
 @click.option("--recipe", default="seed", show_default=True, help="Preset name or recipe YAML file.")
 @click.option(
     "--teacher-weights",
-    type=click.Path(path_type=Path),
+    type=click.Path(),
     help="Local .pth/.safetensors in timm's key layout (otherwise timm downloads pretrained weights).",
 )
 @click.option(
@@ -65,7 +64,7 @@ from kdcache.cli.common import fail_cleanly
     help="Autocast for the teacher; auto = bf16 on CUDA, off on CPU.",
 )
 @click.option("--channels-last/--no-channels-last", default=None, help="Channels-last teacher [default: on for CUDA].")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the teacher.")
+@click.option("--compile", is_flag=True, help="torch.compile the teacher.")
 @click.option(
     "--unit-size",
     default=10240,
@@ -73,30 +72,9 @@ from kdcache.cli.common import fail_cleanly
     type=click.IntRange(min=2),
     help="Views per work unit: the unit of writing, resuming and distribution (even).",
 )
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @fail_cleanly
-def build(
-    teacher,
-    data,
-    out,
-    cache_root,
-    backend,
-    epochs,
-    repeats,
-    topk,
-    image_size,
-    seed,
-    recipe,
-    teacher_weights,
-    batch_size,
-    workers,
-    device,
-    amp,
-    channels_last,
-    compile_,
-    unit_size,
-    no_progress,
-) -> None:
+def build(**options) -> None:
     """Run the teacher once on every view of EPOCHS epochs and write top-k soft labels.
 
     Without --out the cache goes to the registry (see `kdcache ls`) under a key made from what
@@ -106,31 +84,49 @@ def build(
     epochs; any other difference from the existing cache is refused with the list of differences.
     Under `torchrun --nproc-per-node N -m kdcache build ...` rank r of N takes work units r::N.
     """
-    from kdcache.teacher_cache.build_config import BuildConfig
-    from kdcache.teacher_cache.pipeline import run_build
+    from kdcache.teacher_cache.build.config import BuildConfig
 
-    cfg = BuildConfig(
-        teacher=teacher,
-        data=data,
-        out=out,
-        cache_root=cache_root,
-        backend=backend,
-        epochs=epochs,
-        repeats=repeats,
-        topk=topk,
-        image_size=image_size,
-        seed=seed,
-        recipe=recipe,
-        teacher_weights=None if teacher_weights is None else str(teacher_weights),
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-        compile=compile_,
-        unit_size=unit_size,
-        progress=not no_progress,
-    )
-    summary = run_build(cfg)
+    summary = build_and_summarise(BuildConfig(**options))
     if summary:
         click.echo(summary, err=True)
+
+
+def build_and_summarise(cfg) -> str:
+    """Build ``cfg`` (into the registry when it has no --out) and return the summary ("" on ranks > 0)."""
+    from kdcache.registry.catalog import record, touch
+    from kdcache.registry.destination import plan_destination
+    from kdcache.registry.root import cache_root
+    from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
+
+    prep = prepare_build(cfg)
+    dest = None
+    out = cfg.out
+    if out is None:
+        # Every rank computes the same key from the same inputs, so no rank needs to tell the others.
+        dest, manifest = plan_destination(cache_root(cfg.cache_root), prep.manifest, cfg.epochs)
+        prep, out = prep.with_manifest(manifest), dest.out
+        if dest.state == "reused":
+            if int(os.environ.get("RANK", "0")) != 0:
+                return ""
+            touch(dest.root, dest.key)
+            return "\n".join(
+                [
+                    f"kdcache build: reused {dest.out} ({cfg.format}); nothing to compute",
+                    f"  registry       key {dest.key}: epochs {list(dest.epochs_before)} are complete; "
+                    f"{cfg.epochs} asked",
+                    "  the teacher did not run; a larger --epochs extends this cache",
+                ]
+            )
+    result = run_build(cfg, prep, out)
+    if result is None:
+        return ""
+    summary = result.summary(cfg.teacher)
+    if dest is not None:
+        record(dest.root, dest.key, used=True, build_command=cfg.command_line())
+        what = {
+            "new": "new cache",
+            "extended": f"extended the cache that had epochs {list(dest.epochs_before)}",
+            "resumed": "resumed an unfinished build",
+        }[dest.state]
+        summary += f"\n  registry       key {dest.key}: {what}"
+    return summary

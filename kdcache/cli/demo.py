@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from kdcache.cli.common import fail_cleanly
 
 
 @click.command()
-@click.option("--out", default="demo-out", show_default=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(), help="Output directory.")
 @click.option(
     "--seeds",
     default=1,
@@ -37,9 +35,9 @@ from kdcache.cli.common import fail_cleanly
     help="torch threads; 1 + one rendering worker fills 2 cores (32 px models gain nothing from more threads).",
 )
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0), help="Rendering workers.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @fail_cleanly
-def demo(out, seeds, quick, teacher, teacher_epochs, student, student2, epochs, topk, threads, workers, no_progress):
+def demo(**options) -> None:
     """Teacher, cache and students on scikit-learn's digits (1,797 real 8x8 handwritten digits), offline.
 
     \b
@@ -54,20 +52,7 @@ def demo(out, seeds, quick, teacher, teacher_epochs, student, student2, epochs, 
     """
     from kdcache.demo.run import DemoConfig, format_table, run_demo
 
-    cfg = DemoConfig(
-        out=out,
-        seeds=seeds,
-        quick=quick,
-        teacher=teacher,
-        teacher_epochs=teacher_epochs,
-        student=student,
-        student2=student2,
-        epochs=epochs,
-        topk=topk,
-        threads=threads,
-        workers=workers,
-        progress=not no_progress,
-    )
+    cfg = DemoConfig(**options)
     summary = run_demo(cfg, echo=lambda line: click.echo(line, err=True))
     click.echo("")
     click.echo(format_table(summary))

@@ -22,7 +22,7 @@ def export(cache: str, fmt: str, out: str, no_check: bool) -> None:
     """
     from kdcache.registry.lookup import resolve_cache_arg
     from kdcache.teacher_cache.storage import open_storage
-    from kdcache.teacher_cache.store import create_or_open_writer, open_cache
+    from kdcache.teacher_cache.store import content_hash, create_or_open_writer, open_cache
 
     cache = resolve_cache_arg(cache, finished=True)
 
@@ -38,8 +38,8 @@ def export(cache: str, fmt: str, out: str, no_check: bool) -> None:
     writer.finalize()
     msg = f"exported {len(todo)} unit(s) to {out} ({fmt}); {len(done)} were already there"
     if not no_check:
-        digest = src.content_digest()
-        if open_cache(out).content_digest() != digest:
+        digest = content_hash(src)
+        if content_hash(open_cache(out)) != digest:
             raise click.ClickException(f"content digest of {out} differs from {cache}: the export is damaged")
         msg += f"; content digest {digest} unchanged"
     click.echo(msg)

@@ -14,10 +14,12 @@ from kdcache.cli.common import fail_cleanly
 @click.command()
 @click.argument("cache", metavar="CACHE")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the summary.")
-@click.option("--no-digest", is_flag=True, help="Skip the content digest (it reads every committed unit).")
+@click.option(
+    "--no-hash", "--no-digest", "no_hash", is_flag=True, help="Skip the content hash (it reads every committed unit)."
+)
 @fail_cleanly
-def info(cache: str, as_json: bool, no_digest: bool) -> None:
-    """Summarise CACHE: teacher, dataset, recipe, complete epochs, size on disk, content digest.
+def info(cache: str, as_json: bool, no_hash: bool) -> None:
+    """Summarise CACHE: teacher, dataset, recipe, complete epochs, size on disk, content hash.
 
     Works on a build in progress too: only committed units count.
     """
@@ -27,7 +29,7 @@ def info(cache: str, as_json: bool, no_digest: bool) -> None:
     cache = resolve_cache_arg(cache, finished=False)
 
     reader = open_cache(cache, allow_unfinished=True)
-    summary = cache_summary(reader, digest=not no_digest)
+    summary = cache_summary(reader, digest=not no_hash)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -35,7 +37,10 @@ def info(cache: str, as_json: bool, no_digest: bool) -> None:
 
 
 def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
+    from kdcache.teacher_cache.store import content_hash
+
     m = reader.manifest
+    hashed = content_hash(reader) if digest else None
     views = reader.num_views()
     size = reader.bytes_on_disk()
     units = reader.completed_units()
@@ -62,7 +67,8 @@ def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
         "views": views,
         "bytes_on_disk": size,
         "bytes_per_view": round(size / views, 2) if views else None,
-        "content_digest": reader.content_digest() if digest else None,
+        "content_hash": hashed,
+        "content_digest": hashed,  # its name before 0.2 (a view's digest is another thing); kept for scripts
         "created": m.created,
         "kdcache_version": m.kdcache_version,
         "library_versions": m.library_versions,
@@ -97,7 +103,7 @@ def _text(cache: Path, s: dict[str, Any]) -> str:
             f"{s['units_per_epoch']} per epoch of {s['unit_size']} views",
         ),
         ("stored", f"{s['views']:,} views, {s['bytes_on_disk'] / 1e6:.2f} MB on disk, {per_view}"),
-        ("content", s["content_digest"] or "(digest skipped)"),
+        ("content", s["content_hash"] or "(hash skipped)"),
         ("created", f"{s['created']} by kdcache {s['kdcache_version']}"),
         ("libraries", ", ".join(f"{k} {v}" for k, v in s["library_versions"].items()) or "not recorded"),
     ]

@@ -40,11 +40,11 @@ def show(cache: str, epoch: int, slots: str, data: str | None, as_json: bool) ->
 
 
 def describe_view(m: Any, epoch: int, slot: int, rows: Any, i: int, names: Any) -> dict[str, Any]:
-    from kdcache.views.params import ParamDecodeError, decode, to_json
+    from kdcache.views.params import ParamDecodeError, decode, n_ops_for_width, to_json
 
     sample = int(rows.sample_id[i])
     try:
-        params: Any = to_json(decode(rows.params[i], (m.record_width - 10) // 2, m.image_size))
+        params: Any = to_json(decode(rows.params[i], n_ops_for_width(m.record_width), m.image_size))
     except ParamDecodeError as e:
         params = {"error": str(e), "raw": rows.params[i].tolist()}
     probs = np.exp(rows.topk_logprob[i].astype(np.float64))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from kdcache.cli.common import fail_cleanly
@@ -21,7 +19,7 @@ from kdcache.cli.common import fail_cleanly
     envvar="KDCACHE_HOME",
     help="Registry root searched when --cache is a key or not given [env KDCACHE_HOME].",
 )
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory (checkpoints, logs).")
+@click.option("--out", required=True, type=click.Path(), help="Run directory (checkpoints, logs).")
 @click.option("--data", help="Where the training images are, if not where the cache was built from.")
 @click.option("--val-data", help="ImageFolder for validation (resize image_size/0.875, centre crop).")
 @click.option(
@@ -36,7 +34,7 @@ from kdcache.cli.common import fail_cleanly
 )
 @click.option(
     "--teacher-weights",
-    type=click.Path(path_type=Path),
+    type=click.Path(),
     help="Local teacher weights: narrows the registry search; online mode: the weights to run.",
 )
 @click.option("--config", help="Preset name or recipe YAML for the training part (augmentation comes from the cache).")
@@ -51,7 +49,7 @@ from kdcache.cli.common import fail_cleanly
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True)
 @click.option("--channels-last", is_flag=True)
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the student.")
+@click.option("--compile", is_flag=True, help="torch.compile the student.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--eval-every", type=click.IntRange(min=1), help="Validate every N epochs [recipe: 1].")
 @click.option("--average-top", type=click.IntRange(min=1), help="Average the best N EMA checkpoints [recipe: 10].")
@@ -69,75 +67,28 @@ from kdcache.cli.common import fail_cleanly
     type=click.IntRange(min=0),
     help="Also save the resumable checkpoint every N steps within an epoch (0: at epoch ends only).",
 )
-@click.option("--no-progress", is_flag=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @fail_cleanly
-def train(
-    student,
-    cache,
-    cache_root,
-    out,
-    data,
-    val_data,
-    kd,
-    teacher,
-    teacher_weights,
-    config,
-    epochs,
-    batch_size,
-    lr,
-    workers,
-    device,
-    amp,
-    channels_last,
-    compile_,
-    resume,
-    eval_every,
-    average_top,
-    replay_check,
-    checkpoint_every,
-    no_progress,
-) -> None:
+def train(**options) -> None:
     """Train a student on the cache's views; the teacher never runs (unless --kd online).
 
     Without --cache, `--teacher T --data D` finds the finished cache of that teacher and dataset in
     the registry (or says which `kdcache build` command creates it); --cache also takes a registry key.
 
+    --batch-size is the global batch, over all processes (the seed recipe: 8 GPUs x 192 = 1536).
     Under `torchrun --nproc-per-node N -m kdcache train ...` each process takes its share of every
     global batch (DDP). Logs: RUN/metrics.jsonl and TensorBoard in RUN/tb.
     """
-    from kdcache.registry.lookup import resolve_train_cache
-    from kdcache.student.run import TrainArgs, run_train
+    import dataclasses
 
-    weights = None if teacher_weights is None else str(teacher_weights)
-    cache, found = resolve_train_cache(cache, teacher, data, weights, cache_root)
+    from kdcache.registry.lookup import resolve_train_cache
+    from kdcache.student.run import TrainConfig, run_train
+
+    cfg = TrainConfig(**options)
+    cache, found = resolve_train_cache(cfg, build_hint(cfg))
     if found:
         click.echo(found, err=True)
-    args = TrainArgs(
-        student=student,
-        cache=cache,
-        out=str(out),
-        data=data,
-        val_data=val_data,
-        kd=kd,
-        teacher=teacher,
-        teacher_weights=None if teacher_weights is None else str(teacher_weights),
-        config=config,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        workers=workers,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-        compile=compile_,
-        resume=resume,
-        eval_every=eval_every,
-        average_top=average_top,
-        replay_check=replay_check,
-        checkpoint_every=checkpoint_every,
-        progress=not no_progress,
-    )
-    result, _ = run_train(args)
+    result, _ = run_train(dataclasses.replace(cfg, cache=cache))
     if result is None:
         return
     lines = [f"kdcache train finished: {result.out_dir} ({result.epochs_done} epochs, {result.global_step} steps)"]
@@ -148,3 +99,14 @@ def train(
         )
     lines.append(f"  logs: {result.out_dir}/metrics.jsonl, TensorBoard: tensorboard --logdir {result.out_dir}/tb")
     click.echo("\n".join(lines), err=True)
+
+
+def build_hint(cfg) -> str | None:
+    """The `kdcache build` command that creates the cache this run looks up (None if it cannot look up)."""
+    from kdcache.teacher_cache.build.config import BuildConfig
+
+    if cfg.cache is not None or cfg.teacher is None or cfg.data is None:
+        return None
+    return BuildConfig(
+        teacher=cfg.teacher, data=cfg.data, teacher_weights=cfg.teacher_weights, cache_root=cfg.cache_root
+    ).command_line()

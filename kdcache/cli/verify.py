@@ -35,9 +35,9 @@ def verify(
     """Re-render sampled views and compare their digests; re-run the teacher and compare the stored
     top-k (probabilities within 1e-3). Exits 1 on any mismatch, naming the view."""
     from kdcache.registry.lookup import resolve_cache_arg
+    from kdcache.teacher_cache.build.verify import PROB_TOLERANCE, verify_cache
     from kdcache.teacher_cache.replay import LIKELY_CAUSE
     from kdcache.teacher_cache.store import open_cache
-    from kdcache.teacher_cache.verify import PROB_TOLERANCE, verify_cache
 
     cache = resolve_cache_arg(cache, finished=True)
 

@@ -33,7 +33,6 @@ import yaml
 
 from kdcache.demo.data import IMAGE_SIZE, VAL_EVERY, write_digits
 from kdcache.demo.teacher import TeacherSpec, train_teacher
-from kdcache.demo.timing import teacher_clock
 from kdcache.recipe import load_recipe
 
 PRESET = "digits"
@@ -182,8 +181,8 @@ def stage_teacher(cfg: DemoConfig, data: dict[str, Any], echo: Callable[[str], N
 
 
 def stage_build(cfg: DemoConfig, data: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
-    from kdcache.teacher_cache.build_config import BuildConfig
-    from kdcache.teacher_cache.pipeline import run_build
+    from kdcache.teacher_cache.build.config import BuildConfig
+    from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
 
     epochs = cfg.student_epochs  # one cached epoch per student epoch: no view is shown twice
     bc = BuildConfig(
@@ -205,16 +204,16 @@ def stage_build(cfg: DemoConfig, data: dict[str, Any], teacher: dict[str, Any]) 
         return {**saved, "reused": True}
     shutil.rmtree(cfg.out / "cache", ignore_errors=True)  # the demo's own cache, from other options
     t0 = time.perf_counter()
-    with teacher_clock() as clock:
-        summary = run_build(bc)
+    built = run_build(bc, prepare_build(bc), bc.out)
     wall = time.perf_counter() - t0
+    assert built is not None  # the demo runs in one process
     result = {
         "cache": bc.out,
         "epochs": epochs,
-        "views": clock.views,
+        "views": built.stats.views,
         "seconds": wall,
-        "teacher_s": clock.seconds,
-        "summary": summary,
+        "teacher_s": built.stats.teacher_seconds,
+        "summary": built.summary(bc.teacher),
     }
     return {**_save_stage(cfg.out, "build", config, result), "reused": False}
 
@@ -252,10 +251,10 @@ def stage_student(
     student: str,
     kd: str,
 ) -> StudentRow:
-    from kdcache.student.run import TrainArgs, run_train
+    from kdcache.student.run import TrainConfig, run_train
 
     run_dir = cfg.out / "runs" / f"seed{seed}" / f"{student}-{kd}"
-    args = TrainArgs(
+    args = TrainConfig(
         student=student,
         cache=build["cache"],
         out=str(run_dir),
@@ -275,13 +274,12 @@ def stage_student(
         return StudentRow(**{**saved["row"], "reused": True})
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or outdated run of the demo's own
     t0 = time.perf_counter()
-    with teacher_clock() as clock:
-        result, _ = run_train(args)
+    result, _ = run_train(args)
     wall = time.perf_counter() - t0
     if result is None or not result.completed:
         raise RuntimeError(f"student run {run_dir} did not complete")
     m, e, f = read_metrics(run_dir)
-    row = StudentRow(seed, student, kd, m, e, f, wall, clock.seconds, str(run_dir))
+    row = StudentRow(seed, student, kd, m, e, f, wall, result.teacher_seconds, str(run_dir))
     _save_stage(cfg.out, key, config, {"row": dataclasses.asdict(row)})
     return row
 

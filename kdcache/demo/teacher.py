@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from kdcache.data.imagefolder import ImageFolderSource
 from kdcache.data.rgb import to_rgb
+from kdcache.models.normalize import Normalize
 from kdcache.student.evaluate import evaluate, make_val_loader
-from kdcache.student.normalize import Normalize
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kdcache.teacher_cache.errors import CacheError
-from kdcache.teacher_cache.manifest import Manifest, utc_now_iso
 from kdcache.teacher_cache.storage import Storage
+from kdcache.teacher_cache.store.errors import CacheError
+from kdcache.teacher_cache.store.manifest import Manifest, utc_now_iso
 
 ENTRY_FILE = "entry.json"
 FORMATS = ("zarr", "wds")
@@ -100,8 +100,8 @@ def touch(root: Storage, key: str) -> None:
 
 def list_entries(root: Storage, *, sizes: bool = True, keys: list[str] | None = None) -> list[Entry]:
     """Every cache under ``root`` (finished or not), most recently used first."""
-    from kdcache.teacher_cache.errors import NotACacheError
-    from kdcache.teacher_cache.reader import open_cache
+    from kdcache.teacher_cache.store import open_cache
+    from kdcache.teacher_cache.store.errors import NotACacheError
 
     out = []
     for key in keys if keys is not None else sorted(k for k in root.listdir() if _KEY_RE.match(k)):
@@ -153,7 +153,7 @@ def resolve_key(root: Storage, text: str) -> str:
 
 def remove_entry(root: Storage, key: str, backend: str | None = None) -> None:
     """Delete one format of cache KEY (or all of it). Refuses while a build holds the cache's lock."""
-    from kdcache.teacher_cache.lock import CacheLockedError
+    from kdcache.teacher_cache.storage import CacheLockedError, build_lock
 
     entry = root.child(key)
     chosen = [backend] if backend else [b for b in FORMATS if entry.child(b).exists()]
@@ -161,7 +161,7 @@ def remove_entry(root: Storage, key: str, backend: str | None = None) -> None:
         storage = entry.child(b)
         if not storage.exists():
             raise RegistryError(f"cache {key} has no {b} format under {root.where()}")
-        lock = storage.lock()
+        lock = build_lock(storage)
         try:
             lock.acquire()
         except CacheLockedError as e:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
 from kdcache.registry.key import cache_key
-from kdcache.teacher_cache.build_config import BuildConfig
-from kdcache.teacher_cache.layout import BUILD_HEADER, MANIFEST
-from kdcache.teacher_cache.manifest import Manifest, read_manifest
 from kdcache.teacher_cache.storage import Storage
+from kdcache.teacher_cache.store import Manifest, read_manifest
+from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
 
 
 @dataclass(frozen=True)
@@ -49,17 +47,3 @@ def plan_destination(root: Storage, manifest: Manifest, epochs: int) -> tuple[De
     else:
         state = "resumed"
     return Destination(root, key, storage.where(), state, done), adopted
-
-
-def build_command(cfg: BuildConfig, root: str | None) -> str:
-    """The ``kdcache build`` command line that rebuilds this cache into the registry."""
-    parts = ["kdcache", "build", "--teacher", cfg.teacher, "--data", cfg.data, "--format", cfg.backend]
-    parts += ["--epochs", str(cfg.epochs), "--seed", str(cfg.seed), "--topk", str(cfg.topk), "--recipe", cfg.recipe]
-    for flag, value in (("--repeats", cfg.repeats), ("--image-size", cfg.image_size)):
-        if value is not None:
-            parts += [flag, str(value)]
-    if cfg.teacher_weights:
-        parts += ["--teacher-weights", cfg.teacher_weights]
-    if root:
-        parts += ["--cache-root", root]
-    return shlex.join(parts)

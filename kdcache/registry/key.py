@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from kdcache.teacher_cache.manifest import Manifest
+from kdcache.teacher_cache.store.manifest import Manifest
 
 KEY_CHARS = 16  # 64 bits: collisions need ~4e9 caches under one root
 

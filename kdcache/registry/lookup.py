@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kdcache.registry.catalog import Entry, RegistryError, list_entries
 from kdcache.registry.key import identity
 from kdcache.teacher_cache.storage import Storage
@@ -46,26 +48,21 @@ def choose(matches: list[Entry], root: Storage, hint: str) -> Entry:
     return prefer_zarr(matches)
 
 
-def resolve_train_cache(
-    cache: str | None,
-    teacher: str | None,
-    data: str | None,
-    teacher_weights: str | None,
-    root_spec: str | None,
-) -> tuple[str, str | None]:
-    """The cache a training run reads, and a line saying how it was found (None if given as a path).
+def resolve_train_cache(cfg: Any, build_hint: str | None) -> tuple[str, str | None]:
+    """The cache a training run (``cfg``: cache, teacher, data, teacher_weights, cache_root) reads, and a
+    line saying how it was found (None if given as a path).
 
-    ``cache`` may be a path or URL, or a registry key (or unique key prefix). Without it, the registry is
-    searched for the finished cache of ``teacher`` (and ``teacher_weights``, if given) on ``data``.
+    ``cfg.cache`` may be a path or URL, or a registry key (or unique key prefix). Without it, the registry
+    is searched for the finished cache of the teacher (and its weights, if given) on the data;
+    ``build_hint`` is the command that creates it, shown when there is none.
     """
     from kdcache.registry.catalog import touch
-    from kdcache.registry.destination import build_command
     from kdcache.registry.root import cache_root
-    from kdcache.teacher_cache.build_config import BuildConfig
 
+    cache, teacher, data = cfg.cache, cfg.teacher, cfg.data
     if cache is not None and not is_registry_key(cache):
         return cache, None
-    root = cache_root(root_spec)
+    root = cache_root(cfg.cache_root)
     if cache is not None:
         entry = entry_for_key(root, cache, finished=True)
     else:
@@ -74,15 +71,14 @@ def resolve_train_cache(
                 "give --cache (a path, URL or registry key), or --teacher and --data to find the cache in the "
                 "registry (`kdcache ls` lists it)"
             )
-        hint = build_command(BuildConfig(teacher=teacher, data=data, teacher_weights=teacher_weights), root_spec)
-        entry = choose(_matches_for(root, teacher, data, teacher_weights), root, hint)
+        entry = choose(_matches_for(root, teacher, data, cfg.teacher_weights), root, build_hint or "kdcache build")
     touch(root, entry.key)
     return entry.location, f"registry: using cache {entry.key} ({entry.backend}) at {entry.location}"
 
 
 def _matches_for(root: Storage, teacher: str, data: str, teacher_weights: str | None) -> list[Entry]:
     from kdcache.data.wds_source import open_source
-    from kdcache.teacher_cache.teacher import create_teacher, resolve_name
+    from kdcache.models.teacher import create_teacher, resolve_name
 
     fingerprint = open_source(data).fingerprint
     sha = None

@@ -74,7 +74,7 @@ class TrainBatch:
         }
         return replace(self, **moved)
 
-    def check_pairs(self) -> None:
+    def validate_pairs(self) -> None:
         """Raise unless partner labels and lambdas agree within every pair (cheap; runs on CPU)."""
         ya, yb, lam = self.y_a.view(-1, 2), self.y_b.view(-1, 2), self.lam.view(-1, 2)
         if not (torch.equal(yb[:, 0], ya[:, 1]) and torch.equal(yb[:, 1], ya[:, 0])):

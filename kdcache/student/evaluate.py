@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdcache.data.imagefolder import ImageFolderSource
 from kdcache.data.rgb import to_rgb
-from kdcache.student.dist import DistInfo, all_reduce_sum
-from kdcache.student.normalize import Normalize
+from kdcache.distributed import World
+from kdcache.models.normalize import Normalize
 
 
 @dataclass(frozen=True)
@@ -65,14 +65,14 @@ def make_val_loader(
     interpolation: str = "bicubic",
     batch_size: int = 128,
     workers: int = 4,
-    dist: DistInfo | None = None,
+    dist: World | None = None,
 ) -> DataLoader:
     """A loader over ``root`` (``<class>/<image>``; class ids = sorted folder names) yielding
     (uint8 (B, H, W, 3), int64 (B,)). Shards are disjoint and cover the set, so summing the counts
     over processes gives the exact accuracy."""
-    dist = dist or DistInfo.current()
+    dist = dist or World.current()
     ds = ValDataset(
-        ImageFolderSource(root), eval_transform(image_size, crop_pct, interpolation), dist.rank, dist.world_size
+        ImageFolderSource(root), eval_transform(image_size, crop_pct, interpolation), dist.rank, dist.size
     )
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, drop_last=False)
 
@@ -84,11 +84,11 @@ def evaluate(
     normalize: Normalize,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
-    dist: DistInfo | None = None,
+    dist: World | None = None,
 ) -> EvalResult:
     """Top-1/top-5 (percent) over ``batches`` of (uint8 NHWC images, labels); counts are summed over
     processes, so each process must pass its own disjoint shard."""
-    dist = dist or DistInfo()
+    dist = dist or World()
     was_training = model.training
     model.eval()
     correct1 = correct5 = loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -108,7 +108,7 @@ def evaluate(
             count += int(labels.shape[0])
     finally:
         model.train(was_training)
-    c1, c5, ls, n = all_reduce_sum([correct1, correct5, loss_sum, count], device, dist)
+    c1, c5, ls, n = dist.all_reduce_sum([correct1, correct5, loss_sum, count], device)
     if n == 0:
         return EvalResult(0.0, 0.0, float("nan"), 0)
     return EvalResult(top1=100.0 * c1 / n, top5=100.0 * c5 / n, loss=ls / n, count=int(n))

@@ -11,18 +11,22 @@ import numpy as np
 import torch
 import yaml
 
+from kdcache.distributed import close_world, init_world
+from kdcache.models.precision import amp_dtype
 from kdcache.recipe import Recipe, RecipeError, load_recipe
-from kdcache.teacher_cache.distributed import close_world, init_world
 from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch, open_replay, replay_sample
 
 log = logging.getLogger("kdcache.train")
 
 
 @dataclass(frozen=True)
-class TrainArgs:
+class TrainConfig:
+    """The arguments of ``kdcache train``: one field per command-line option."""
+
     student: str | None
-    cache: str
+    cache: str | None  # a path, URL or registry key; None: look it up from teacher and data
     out: str
+    cache_root: str | None = None  # the registry searched when cache is a key or None
     data: str | None = None
     val_data: str | None = None
     kd: str = "cached"
@@ -45,7 +49,7 @@ class TrainArgs:
     progress: bool = True
 
 
-def resolve_recipe(args: TrainArgs, cache_recipe: dict) -> Recipe:
+def resolve_recipe(args: TrainConfig, cache_recipe: dict) -> Recipe:
     """Augmentation from the cache (replay needs it exactly); training part from --config and flags."""
     cached = Recipe.from_dict(cache_recipe)
     recipe = cached
@@ -120,15 +124,16 @@ class _MappedVal:
             yield images, self.mapping[labels]
 
 
-def run_train(args: TrainArgs):
+def run_train(args: TrainConfig):
+    from kdcache.models.online_teacher import OnlineTeacher
+    from kdcache.models.teacher import create_teacher
     from kdcache.student.cache_source import CacheBatchSource
-    from kdcache.student.dist import DistInfo
     from kdcache.student.evaluate import make_val_loader
-    from kdcache.student.online_teacher import OnlineTeacher
     from kdcache.student.trainer import RunOptions, Trainer
     from kdcache.teacher_cache.store import open_cache
-    from kdcache.teacher_cache.teacher import create_teacher
 
+    if args.cache is None:
+        raise ValueError("no cache given: resolve it first (kdcache.registry.lookup.resolve_train_cache)")
     if args.kd not in ("cached", "online", "none"):
         raise ValueError(f"--kd must be cached, online or none, got {args.kd!r}")
     world = init_world(args.device)
@@ -138,7 +143,6 @@ def run_train(args: TrainArgs):
         recipe = resolve_recipe(args, m.recipe)
         recipe.train.per_process_batch(world.size)  # refuses odd or indivisible batches up front
         engine = open_replay(m, args.data)
-        dist = DistInfo.current()
         epochs = sorted(reader.epochs_complete)
         info = [
             f"cache {args.cache}: {len(epochs)} complete epoch(s), {m.num_slots} views each, teacher "
@@ -149,7 +153,7 @@ def run_train(args: TrainArgs):
                 f"student epochs ({recipe.train.epochs}) exceed the cached epochs ({len(epochs)}): "
                 f"epoch e replays cached epoch e mod {len(epochs)}"
             )
-        if args.replay_check > 0 and dist.is_main:
+        if args.replay_check > 0 and world.is_main:
             n = replay_check(reader, engine, args.replay_check)
             info.append(f"replay check: {n} re-rendered views match their stored digests")
         teacher = None
@@ -163,7 +167,7 @@ def run_train(args: TrainArgs):
                 tinfo.mean,
                 tinfo.std,
                 args.channels_last,
-                {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp],
+                amp_dtype(args.amp),
             )
         val = None
         if args.val_data:
@@ -173,7 +177,7 @@ def run_train(args: TrainArgs):
                 recipe.train.eval_crop_pct,
                 recipe.train.eval_interpolation,
                 workers=args.workers,
-                dist=dist,
+                dist=world,
             )
             val = _MappedVal(loader, val_label_map(loader.dataset.source.classes, m.class_names))
         source = CacheBatchSource(
@@ -181,8 +185,8 @@ def run_train(args: TrainArgs):
             engine,
             np.asarray(m.dataset["to_teacher"]),
             recipe.train.global_batch,
-            dist.rank,
-            dist.world_size,
+            world.rank,
+            world.size,
             args.workers,
             with_topk=args.kd == "cached",
         )
@@ -193,6 +197,7 @@ def run_train(args: TrainArgs):
             amp=args.amp,
             channels_last=args.channels_last,
             progress=args.progress,
+            checkpoint_every_steps=args.checkpoint_every,
         )
         trainer = Trainer(
             recipe,
@@ -208,10 +213,10 @@ def run_train(args: TrainArgs):
         )
         if args.compile:
             trainer.train_model = torch.compile(trainer.train_model)
-        if dist.is_main:
+        if world.is_main:
             for line in info:
                 print(line, flush=True)
         result = trainer.fit(source, resume=args.resume)
-        return (result if dist.is_main else None), info
+        return (result if world.is_main else None), info
     finally:
         close_world(world)

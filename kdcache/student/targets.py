@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+from kdcache.teacher_cache.store.topk import topk_to_probs
 
 
 class TargetError(ValueError):
@@ -41,7 +42,7 @@ class TeacherTarget:
     def from_topk(cls, topk_logprob: torch.Tensor, topk_class: torch.Tensor, num_classes: int) -> TeacherTarget:
         """Cached mode: rebuild a full distribution from the stored top-k log-probs and class ids.
 
-        Rule (must match ``kdcache.teacher_cache.topk``): with top-k mass ``m = sum(exp(logprob))``,
+        Rule (:func:`kdcache.teacher_cache.store.topk.topk_to_probs`): with top-k mass ``m = sum(exp(logprob))``,
           - ``k < C`` and ``m < 1``: the k classes keep their stored probabilities and the leftover
             ``1 - m`` is spread evenly over the other ``C - k`` classes;
           - otherwise (``k == C``, or fp16 rounding pushed ``m`` to >= 1): the k probabilities are
@@ -59,19 +60,9 @@ class TeacherTarget:
         cls_ids = topk_class.long()
         if cls_ids.numel() and (int(cls_ids.min()) < 0 or int(cls_ids.max()) >= num_classes):
             raise TargetError(f"top-k class ids outside 0..{num_classes - 1}")
-        lp = topk_logprob.float()
-        mass = lp.exp().sum(dim=1, keepdim=True)
-        # (B, 1) log of the leftover per tail class; -inf where there is no leftover.
-        if k < num_classes:
-            rest = (1.0 - mass).clamp_min(0.0)
-            tail = torch.log(rest) - math.log(num_classes - k)
-        else:
-            tail = torch.full_like(mass, -math.inf)
-        no_tail = tail == -math.inf
-        top = torch.where(no_tail, lp - torch.log(mass), lp)
-        out = tail.expand(-1, num_classes).clone()
-        out.scatter_(1, cls_ids, top)
-        return cls(out)
+        # The one reconstruction rule, shared with `kdcache show --dense` and every reader of the format.
+        probs = topk_to_probs(topk_logprob, cls_ids, num_classes)
+        return cls(torch.log(probs))
 
     def log_probs_at(self, temperature: float) -> torch.Tensor:
         """Teacher log-probs at temperature T: log_softmax(log p / T) (the same as softmax(z / T))."""

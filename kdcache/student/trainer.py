@@ -17,6 +17,11 @@ from timm.utils import dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from kdcache.distributed import World
+from kdcache.models.normalize import Normalize
+from kdcache.models.online_teacher import Teacher
+from kdcache.models.precision import AMP_CHOICES, amp_dtype
+from kdcache.models.student import create_student
 from kdcache.recipe import Recipe
 from kdcache.student.batch import BatchError, BatchSource, TrainBatch
 from kdcache.student.best import BestCheckpoints, delete_files
@@ -27,20 +32,15 @@ from kdcache.student.checkpoint import (
     load_checkpoint,
     save_atomic,
 )
-from kdcache.student.dist import DistInfo, all_reduce_sum, barrier
 from kdcache.student.ema import create_ema
 from kdcache.student.evaluate import EvalResult, evaluate
 from kdcache.student.loss import KDLoss, LossParts
-from kdcache.student.model import create_student
-from kdcache.student.normalize import Normalize
-from kdcache.student.online_teacher import Teacher
 from kdcache.student.optim import create_optimizer
 from kdcache.student.runlog import RunLog
 from kdcache.student.schedule import create_scheduler
 from kdcache.student.targets import TeacherTarget
 
 MODES = ("cached", "online", "none")
-AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CONFIG_FILE = "config.yaml"
 CKPT_DIR = "checkpoints"
 LAST_FILE = "last.pt"
@@ -65,14 +65,14 @@ class RunOptions:
     progress: bool = True  # tqdm bar on rank 0
     tensorboard: bool = True
     checkpoint_every_steps: int = 0  # also save last.pt every n updates within an epoch; 0: epoch ends only
-    check_pairs: bool = True  # verify the pair structure of every batch (cheap)
+    validate_pairs: bool = True  # verify the pair structure of every batch (cheap)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         if self.mode not in MODES:
             raise TrainError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.amp not in AMP_DTYPES:
-            raise TrainError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
+        if self.amp not in AMP_CHOICES:
+            raise TrainError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
         if self.checkpoint_every_steps < 0:
             raise TrainError("checkpoint_every_steps must be >= 0")
 
@@ -85,6 +85,7 @@ class FitResult:
     final: EvalResult | None  # of the averaged EMA checkpoints (None without a val set or if not completed)
     averaged_epochs: list[int] = field(default_factory=list)
     out_dir: Path = Path()
+    teacher_seconds: float = 0.0  # online mode: wall time of teacher forwards in this process and run
 
 
 class Trainer:
@@ -93,7 +94,7 @@ class Trainer:
     - Batches come from a :class:`~kdcache.student.batch.BatchSource`; each holds this process's
       ``recipe.train.per_process_batch(world_size)`` views of one optimiser step.
     - ``cached`` reads the teacher from each batch's top-k; ``online`` calls ``teacher`` (uint8 NHWC on
-      the device -> logits, see :class:`~kdcache.student.online_teacher.OnlineTeacher`); ``none``
+      the device -> logits, see :class:`~kdcache.models.online_teacher.OnlineTeacher`); ``none``
       trains on the mixed, smoothed labels alone.
     - ``val_batches`` (re-iterable: a DataLoader or a list) yields (uint8 NHWC, int64 labels); under
       DDP each process passes its own disjoint shard.
@@ -124,10 +125,11 @@ class Trainer:
         self.teacher = teacher
         self.val_batches = val_batches
         self.run_info = dict(run_info or {})
-        self.dist = DistInfo.current()
-        self.per_process_batch = cfg.per_process_batch(self.dist.world_size)
+        self.dist = World.current()
+        self.per_process_batch = cfg.per_process_batch(self.dist.size)
         self.device = torch.device(options.device)
-        self.amp_dtype = AMP_DTYPES[options.amp]
+        self.amp_dtype = amp_dtype(options.amp)
+        self.teacher_seconds = 0.0  # wall time of online teacher forwards in this process
         self.out_dir = options.out_dir
 
         self.model = create_student(cfg, num_classes).to(self.device)
@@ -159,7 +161,7 @@ class Trainer:
                 "mode": self.options.mode,
                 "num_classes": self.num_classes,
                 "steps_per_epoch": self.steps_per_epoch,
-                "world_size": self.dist.world_size,
+                "world_size": self.dist.size,
                 "per_process_batch": self.per_process_batch,
                 "amp": self.options.amp,
                 "channels_last": self.options.channels_last,
@@ -292,7 +294,9 @@ class Trainer:
             log.close()
 
     def _result(self, completed: bool, final: EvalResult | None = None, averaged: list[int] | None = None) -> FitResult:
-        return FitResult(completed, self.epoch, self.global_step, final, averaged or [], self.out_dir)
+        return FitResult(
+            completed, self.epoch, self.global_step, final, averaged or [], self.out_dir, self.teacher_seconds
+        )
 
     def _ema_state(self) -> dict[str, Any]:
         return {
@@ -311,7 +315,7 @@ class Trainer:
 
     def _finish(self, log: RunLog) -> tuple[EvalResult | None, list[int]]:
         """Average the best EMA checkpoints uniformly, evaluate the result, save final.pt."""
-        barrier(self.dist)  # rank 0 wrote the files; the run directory is shared
+        self.dist.barrier()  # rank 0 wrote the files; the run directory is shared
         paths = self.best.paths()
         if not paths:
             raise CheckpointError("no EMA checkpoints to average (was any epoch evaluated?)")
@@ -390,7 +394,7 @@ class Trainer:
             bar.close()
         elapsed = time.perf_counter() - t0
         keys = sorted(sums)
-        totals = all_reduce_sum([*(sums[k] for k in keys), run], self.device, self.dist)
+        totals = self.dist.all_reduce_sum([*(sums[k] for k in keys), run], self.device)
         n = totals[-1]
         train = {k: (v / n if n else math.nan) for k, v in zip(keys, totals[:-1], strict=True)}
         return {
@@ -406,15 +410,15 @@ class Trainer:
         if len(batch) != self.per_process_batch:
             raise BatchError(
                 f"batch of {len(batch)} views; this process trains on {self.per_process_batch} "
-                f"(global batch {self.cfg.global_batch} / {self.dist.world_size} processes)"
+                f"(global batch {self.cfg.global_batch} / {self.dist.size} processes)"
             )
         size = self.recipe.augment.image_size
         if tuple(batch.images.shape[1:3]) != (size, size):
             raise BatchError(f"views are {tuple(batch.images.shape[1:3])}, the recipe's image_size is {size}")
         if self.options.mode == "cached" and not batch.has_topk:
             raise BatchError("mode cached needs the teacher's top-k in every batch")
-        if self.options.check_pairs:
-            batch.check_pairs()
+        if self.options.validate_pairs:
+            batch.validate_pairs()
 
     def _step(self, batch: TrainBatch, epoch: int, step: int) -> LossParts:
         self._check(batch)
@@ -429,7 +433,11 @@ class Trainer:
             target = TeacherTarget.from_topk(batch.topk_logprob, batch.topk_class, self.num_classes)
         elif self.options.mode == "online":
             assert self.teacher is not None
+            t0 = time.perf_counter()
             target = TeacherTarget.from_logits(self.teacher(batch.images))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # so the clock holds the forward, not its launch
+            self.teacher_seconds += time.perf_counter() - t0
         amp = self.amp_dtype
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = self.train_model(self.normalize(batch.images))

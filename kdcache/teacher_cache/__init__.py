@@ -1,30 +1,44 @@
-"""The teacher cache: a versioned, backend-neutral store of the teacher's top-k soft labels per view.
+"""The teacher cache: a versioned, backend-neutral store of the teacher's soft labels per view.
 
-Format: docs/cache-format.md. Write with :func:`create_or_open_writer`, read with :func:`open_cache`.
+Three rooms, dependencies flowing one way (build -> store -> storage):
+
+- ``store/``: the versioned format (manifest, fields, units, top-k, content hash) and its backends
+  (``store/zarr/``, ``store/wds/``); :func:`open_cache` and :func:`create_or_open_writer` are its face.
+- ``storage/``: where bytes live (local disk, fsspec URLs), atomic writes, the build lock and lease.
+- ``build/``: the teacher pass (``kdcache build``) and ``kdcache verify``.
+
+``replay`` re-renders stored views and compares their digests, for verify and for training.
 """
 
-from kdcache.teacher_cache.errors import (
+from kdcache.teacher_cache.store import (
+    FIELDS,
+    FORMAT_VERSION,
     BuildNotFinishedError,
     CacheError,
+    CacheReader,
+    CacheWriter,
     CorruptShardError,
+    EpochBlock,
     IncompleteEpochError,
+    Manifest,
     ManifestError,
     ManifestMismatchError,
     NotACacheError,
+    UnitData,
     UnsupportedFormatError,
-)
-from kdcache.teacher_cache.fields import FIELDS, EpochBlock, UnitData, class_dtype, field_layout
-from kdcache.teacher_cache.manifest import (
-    FORMAT_VERSION,
-    Manifest,
+    class_dtype,
+    content_hash,
+    create_or_open_writer,
     current_library_versions,
+    field_layout,
+    logits_to_topk,
+    num_units,
+    open_cache,
+    stream_views,
+    topk_to_probs,
+    unit_slots,
     utc_now_iso,
 )
-from kdcache.teacher_cache.reader import CacheReader, open_cache
-from kdcache.teacher_cache.topk import logits_to_topk, topk_to_probs
-from kdcache.teacher_cache.units import num_units, unit_slots
-from kdcache.teacher_cache.wds_store import stream_views
-from kdcache.teacher_cache.writer import CacheWriter, create_or_open_writer
 
 __all__ = [
     "FIELDS",
@@ -43,6 +57,7 @@ __all__ = [
     "UnitData",
     "UnsupportedFormatError",
     "class_dtype",
+    "content_hash",
     "create_or_open_writer",
     "current_library_versions",
     "field_layout",

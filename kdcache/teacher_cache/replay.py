@@ -76,10 +76,10 @@ def replay_sample(reader, engine: ViewEngine, n_views: int):
         by_epoch.setdefault(e, []).append(p)
     for epoch, pairs in by_epoch.items():
         block = reader.load_epoch(epoch)
-        yield block, list(check_pairs(engine, epoch, pairs, block.params, block.digest, block.sample_id, block.repeat))
+        yield block, list(replay_pairs(engine, epoch, pairs, block.params, block.digest, block.sample_id, block.repeat))
 
 
-def check_pairs(
+def replay_pairs(
     engine: ViewEngine,
     epoch: int,
     pairs: list[int],

@@ -113,6 +113,14 @@ def record_width(n_ops: int) -> int:
     return _HEAD + 2 * n_ops + _TAIL
 
 
+def n_ops_for_width(width: int) -> int:
+    """RandAugment layers of a record of ``width`` uint16 words (the inverse of :func:`record_width`)."""
+    n, odd = divmod(width - _HEAD - _TAIL, 2)
+    if n < 0 or odd:
+        raise ValueError(f"no view record is {width} words wide (widths are {_HEAD + _TAIL} + 2 * RandAugment layers)")
+    return n
+
+
 def quantize_magnitude(m: float) -> float:
     return round(m * MAGNITUDE_SCALE) / MAGNITUDE_SCALE
 

@@ -1,0 +1,2 @@
+"""The networks build and train run: timm teachers and students, each with its own input normalisation
+and autocast precision."""

@@ -1,0 +1,72 @@
+"""The arguments of ``kdcache build`` as one frozen config: one field per command-line option."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+import torch
+
+from kdcache.models.precision import amp_dtype
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    teacher: str
+    data: str
+    out: str | None = None  # None: the registry under cache_root picks ROOT/KEY/FORMAT
+    cache_root: str | None = None  # None: $KDCACHE_HOME or the user's cache directory
+    format: str = "zarr"
+    epochs: int = 1
+    repeats: int | None = None  # None: the recipe's
+    topk: int = 10
+    image_size: int | None = None  # None: the recipe's
+    seed: int = 0
+    recipe: str = "seed"
+    teacher_weights: str | None = None
+    batch_size: int = 128  # views per teacher forward; even, so pairs stay whole
+    workers: int = 2
+    device: str = "cpu"
+    amp: str = "auto"  # auto: bf16 on CUDA, off on CPU
+    channels_last: bool | None = None  # None: on for CUDA
+    compile: bool = False
+    unit_size: int = 10240  # views per work unit (one writer, one commit)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.format not in ("zarr", "wds"):
+            raise ValueError(f"--format must be zarr or wds, got {self.format!r}")
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.topk < 1:
+            raise ValueError(f"--topk must be >= 1, got {self.topk}")
+        if self.batch_size < 2 or self.batch_size % 2:
+            raise ValueError(f"--batch-size must be even (mixing pairs stay whole), got {self.batch_size}")
+        if self.unit_size < 2 or self.unit_size % 2:
+            raise ValueError(f"--unit-size must be even, got {self.unit_size}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+
+    def amp_dtype(self) -> torch.dtype | None:
+        amp = self.amp
+        if amp == "auto":
+            amp = "bf16" if self.device.startswith("cuda") else "off"
+        return amp_dtype(amp)
+
+    def use_channels_last(self) -> bool:
+        return self.device.startswith("cuda") if self.channels_last is None else self.channels_last
+
+    def command_line(self) -> str:
+        """The ``kdcache build`` command that builds this cache into the registry (what determines its
+        content, not where it goes or how fast)."""
+        parts = ["kdcache", "build", "--teacher", self.teacher, "--data", self.data, "--format", self.format]
+        parts += ["--epochs", str(self.epochs), "--seed", str(self.seed), "--topk", str(self.topk)]
+        parts += ["--recipe", self.recipe]
+        for flag, value in (("--repeats", self.repeats), ("--image-size", self.image_size)):
+            if value is not None:
+                parts += [flag, str(value)]
+        if self.teacher_weights:
+            parts += ["--teacher-weights", self.teacher_weights]
+        if self.cache_root:
+            parts += ["--cache-root", self.cache_root]
+        return shlex.join(parts)

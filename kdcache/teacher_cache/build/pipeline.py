@@ -1,0 +1,222 @@
+"""``kdcache build`` end to end: resolve inputs, open or resume the store, run this rank's units.
+
+The caller decides where the cache goes (``--out``, or a registry key it resolved from
+:func:`prepare_build`'s manifest) and formats the :class:`BuildResult`; nothing here knows the registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kdcache.data.wds_source import open_source
+from kdcache.distributed import close_world, init_world
+from kdcache.models.teacher import TeacherInfo, create_teacher
+from kdcache.recipe import Recipe, load_recipe
+from kdcache.teacher_cache.build.classmap import class_map
+from kdcache.teacher_cache.build.config import BuildConfig
+from kdcache.teacher_cache.build.loop import BuildStats, run_units
+from kdcache.teacher_cache.build.runner import TeacherRunner
+from kdcache.teacher_cache.build.schedule import all_units, assign
+from kdcache.teacher_cache.storage import Storage, build_lock, open_storage
+from kdcache.teacher_cache.store import (
+    Manifest,
+    class_dtype,
+    create_or_open_writer,
+    make_manifest,
+    open_cache,
+    read_manifest,
+)
+from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
+from kdcache.views import ViewEngine
+from kdcache.views.plan import num_slots_for
+
+
+def resolve_recipe(cfg: BuildConfig) -> Recipe:
+    recipe = load_recipe(cfg.recipe)
+    changes = {}
+    if cfg.image_size is not None:
+        changes["image_size"] = cfg.image_size
+    if cfg.repeats is not None:
+        changes["repeats"] = cfg.repeats
+    return recipe.replace_augment(**changes) if changes else recipe
+
+
+def data_location(spec: str) -> str:
+    """Absolute form of --data, recorded so train/verify can find the images again."""
+    return spec if ".tar" in spec and not Path(spec).is_dir() else str(Path(spec).resolve())
+
+
+@dataclass(frozen=True)
+class PreparedBuild:
+    """Everything a build needs before its first unit: resolved inputs, the teacher and the manifest."""
+
+    engine: ViewEngine
+    model: torch.nn.Module
+    teacher: TeacherInfo
+    manifest: Manifest
+
+    @property
+    def num_slots(self) -> int:
+        return self.manifest.num_slots
+
+    @property
+    def unit_size(self) -> int:
+        return self.manifest.unit_size
+
+    def with_manifest(self, manifest: Manifest) -> PreparedBuild:
+        """The same build with another manifest of the same content (a registry cache's layout adopted)."""
+        return dataclasses.replace(self, manifest=manifest)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build did (rank 0's view of it; other ranks get None from :func:`run_build`)."""
+
+    out: str  # absolute path or URL
+    backend: str
+    # "new" (nothing was there), "resumed" (some planned units were already committed), "extended" (more
+    # epochs than the existing cache planned), or "complete" (every unit was already there).
+    outcome: str
+    stats: BuildStats  # this rank's views, units, wall and teacher seconds
+    skipped_units: int  # this rank's units that were already committed
+    world_size: int
+    epochs_complete: tuple[int, ...]
+    epochs_planned: int
+    views: int  # committed views in the whole cache
+    bytes_on_disk: int
+
+    def summary(self, teacher: str) -> str:
+        """The build's closing report, one aligned line per fact."""
+        s = self.stats
+        lines = [
+            f"kdcache build finished: {self.out} ({self.backend})",
+            f"  teacher        {teacher}",
+            f"  epochs         {sorted(self.epochs_complete)} complete of {self.epochs_planned} planned",
+            f"  this run       {s.views} views in {s.seconds:.1f} s = {s.views_per_s:.1f} views/s"
+            f" (rank 0 of {self.world_size}); teacher forward {s.teacher_seconds:.1f} s, "
+            f"{100 * s.teacher_share:.0f}% of the time",
+            f"  resumed        {self.skipped_units} unit(s) of rank 0 were already complete"
+            if self.skipped_units and s.units
+            else "",
+            f"  nothing to do  all {self.skipped_units} unit(s) of rank 0 were already complete"
+            if not s.units
+            else "",
+            f"  cache          {self.views} views, {self.bytes_on_disk / 1e6:.2f} MB, "
+            f"{self.bytes_on_disk / max(self.views, 1):.1f} B/view",
+        ]
+        return "\n".join(line for line in lines if line)
+
+
+def prepare_build(cfg: BuildConfig) -> PreparedBuild:
+    recipe = resolve_recipe(cfg)
+    source = open_source(cfg.data)
+    model, tinfo = create_teacher(cfg.teacher, cfg.teacher_weights)
+    cmap = class_map(source.classes, model)
+    engine = ViewEngine(source, recipe.augment, cfg.seed)
+    num_slots = num_slots_for(len(source))
+    manifest = make_manifest(
+        backend=cfg.format,
+        teacher=tinfo.to_dict(),
+        recipe=recipe.to_dict(),
+        seed=cfg.seed,
+        topk=cfg.topk,
+        class_names=list(cmap.class_names),
+        dataset={
+            "fingerprint": source.fingerprint,
+            "num_samples": len(source),
+            "source": data_location(cfg.data),
+            "kind": type(source).__name__,
+            "classes": source.classes,
+            "to_teacher": list(cmap.to_teacher),
+        },
+        epochs_planned=cfg.epochs,
+        num_slots=num_slots,
+        unit_size=min(cfg.unit_size, num_slots),
+        record_width=engine.record_width,
+    )
+    return PreparedBuild(engine, model, tinfo, manifest)
+
+
+def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | None:
+    """Build (or resume, or extend) the cache of ``prep`` at ``out``; every rank of a torchrun job calls
+    this. Returns the result on rank 0, None on the others."""
+    world = init_world(cfg.device)
+    with contextlib.ExitStack() as stack:
+        stack.callback(close_world, world)
+        manifest = prep.manifest
+        # Rank 0 takes the build lock and creates (or checks) the store first, so the others only
+        # ever open a valid one and no unrelated build writes alongside this job.
+        error = None
+        before = None
+        if world.is_main:
+            try:
+                before = _existing_plan(out)
+                lock = build_lock(_storage(out)).acquire()
+                stack.callback(lock.release)
+                writer = create_or_open_writer(out, manifest)
+            except Exception as e:
+                error = e
+        # The other ranks learn whether rank 0 succeeded instead of waiting at a barrier forever.
+        failed = world.broadcast_from_main(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise RuntimeError(f"rank 0 could not open the cache: {failed}")
+        if not world.is_main:
+            writer = create_or_open_writer(out, manifest)
+        completed = writer.completed_units()
+        mine = assign(all_units(cfg.epochs, prep.num_slots, prep.unit_size), world.rank, world.size)
+        pending = [u for u in mine if (u.epoch, u.index) not in completed]
+        write = writer.write_unit_arrays
+        if world.is_main:
+
+            def write(epoch, unit, arrays, _write=writer.write_unit_arrays):
+                lock.check()  # a lease on an object store can be lost; stop before the next commit
+                _write(epoch, unit, arrays)
+
+        runner = TeacherRunner(prep.model, prep.teacher.mean, prep.teacher.std, cfg)
+        stats = run_units(prep.engine, runner, pending, write, class_dtype(manifest.num_classes), cfg, world)
+        world.barrier()
+        if not world.is_main:
+            return None
+        final = writer.finalize()
+        reader = open_cache(out)
+        return BuildResult(
+            out=reader.storage.absolute(),
+            backend=final.backend,
+            outcome=_outcome(before, cfg.epochs, bool(completed), bool(pending)),
+            stats=stats,
+            skipped_units=len(mine) - len(pending),
+            world_size=world.size,
+            epochs_complete=tuple(final.epochs_complete),
+            epochs_planned=final.epochs_planned,
+            views=reader.num_views(),
+            bytes_on_disk=reader.bytes_on_disk(),
+        )
+    return None
+
+
+def _storage(out: str) -> Storage:
+    return open_storage(out)
+
+
+def _existing_plan(out: str) -> int | None:
+    """Epochs planned by a cache already at ``out`` (None: no cache there yet)."""
+    storage = _storage(out)
+    if storage.is_folder_like_file():
+        return None
+    m = read_manifest(storage, BUILD_HEADER) or read_manifest(storage, MANIFEST)
+    return None if m is None else m.epochs_planned
+
+
+def _outcome(planned_before: int | None, epochs: int, had_units: bool, worked: bool) -> str:
+    if planned_before is None or not had_units:
+        return "new"
+    if epochs > planned_before:
+        return "extended"
+    return "resumed" if worked else "complete"

@@ -1,0 +1,40 @@
+"""The teacher on its device: uint8 NHWC views -> top-k log-probs and class ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kdcache.models.normalize import Normalize
+from kdcache.teacher_cache.build.config import BuildConfig
+from kdcache.teacher_cache.store.topk import logits_to_topk
+
+
+class TeacherRunner:
+    """uint8 NHWC views -> top-k log-probs and classes, on the teacher's device."""
+
+    def __init__(self, model: torch.nn.Module, mean, std, cfg: BuildConfig):
+        self.device = torch.device(cfg.device)
+        self.channels_last = cfg.use_channels_last()
+        self.amp = cfg.amp_dtype()
+        self.k = cfg.topk
+        model = model.to(self.device).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = torch.compile(model) if cfg.compile else model
+        self.normalize = Normalize(mean, std, self.channels_last).to(self.device)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        return self.normalize(images.to(self.device, non_blocking=True))
+
+    @torch.inference_mode()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images)
+        if self.amp is not None:
+            with torch.autocast(self.device.type, dtype=self.amp):
+                return self.model(x).float()
+        return self.model(x).float()
+
+    def topk(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        lp, cls = logits_to_topk(self.logits(images), self.k)
+        return lp.cpu().numpy(), cls.cpu().numpy()

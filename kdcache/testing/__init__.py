@@ -1,0 +1,1 @@
+"""Synthetic caches and batches with realistic statistics, for tests and benchmarks (no teacher, no images)."""
