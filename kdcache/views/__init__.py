@@ -7,6 +7,7 @@ from kdcache.views.engine import (
     ReplayError,
     ViewEngine,
     collate_pairs,
+    keep_collated,
 )
 from kdcache.views.plan import EpochPlan, make_epoch_plan
 
@@ -18,5 +19,6 @@ __all__ = [
     "ReplayError",
     "ViewEngine",
     "collate_pairs",
+    "keep_collated",
     "make_epoch_plan",
 ]

@@ -295,10 +295,10 @@ def collate_pairs(batch: list[RenderedPair]) -> dict[str, object]:
 class PairBatchDataset(Dataset):
     """Torch dataset whose item i is the whole batch ``batches[i]`` (pair indices of one epoch), collated.
 
-    Use with ``DataLoader(ds, batch_size=None, ...)``: each worker renders whole batches through
-    :meth:`ViewEngine.render_batch`, so a source image shown by several views of a batch (repeated
-    augmentation) is decoded once. Items equal ``collate_pairs`` over the batch's :class:`PairDataset`
-    items, view for view.
+    Use with ``DataLoader(ds, batch_size=None, collate_fn=keep_collated, ...)``: each worker renders
+    whole batches through :meth:`ViewEngine.render_batch`, so a source image shown by several views of
+    a batch (repeated augmentation) is decoded once. Items equal ``collate_pairs`` over the batch's
+    :class:`PairDataset` items, view for view.
     """
 
     def __init__(
@@ -324,3 +324,11 @@ class PairBatchDataset(Dataset):
             slots = np.stack([2 * pairs, 2 * pairs + 1], axis=1).ravel()
             rec = self.records[slots]
         return self.engine.render_batch(self.epoch, pairs, rec)
+
+
+def keep_collated(batch: dict[str, object]) -> dict[str, object]:
+    """collate_fn for a DataLoader over :class:`PairBatchDataset`: items are collated already.
+
+    (With batch_size=None, DataLoader's default would turn every numpy array into a tensor.)
+    """
+    return batch
