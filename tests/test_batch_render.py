@@ -148,6 +148,17 @@ def test_batch_replay_rejects_records_of_the_wrong_shape(engine):
         engine.render_pairs(EPOCH, [0, 1], records[:4, :-1])
 
 
+def test_batch_refuses_pairs_outside_the_epoch(engine):
+    n = engine.plan(EPOCH).num_pairs
+    for pairs in ([0, n], [-1]):
+        with pytest.raises(IndexError, match="out of range"):
+            engine.render_batch(EPOCH, pairs)
+        with pytest.raises(IndexError, match="out of range"):
+            engine.render_pairs(EPOCH, pairs)
+    with pytest.raises(ValueError, match="at least one pair"):
+        engine.render_batch(EPOCH, [])
+
+
 @pytest.mark.parametrize(
     "mix",
     [MixParams(MixMode.NONE, 1.0), MixParams(MixMode.CUTMIX, 0.7, (3, 20, 5, 40))]

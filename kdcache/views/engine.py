@@ -49,9 +49,8 @@ class RenderedPair:
 class _BatchImages:
     """The decoded source images of one batch: each decoded on first use, dropped after its last view."""
 
-    def __init__(self, load: Callable[[int], Image.Image], plan: EpochPlan, pairs: np.ndarray):
+    def __init__(self, load: Callable[[int], Image.Image], plan: EpochPlan, slots: np.ndarray):
         self._load = load
-        slots = np.stack([2 * pairs, 2 * pairs + 1], axis=1).ravel()
         self._uses = Counter(plan.sample_ids[slots].tolist())
         self._images: dict[int, Image.Image] = {}
 
@@ -65,6 +64,15 @@ class _BatchImages:
         else:
             self._images.pop(sample_id, None)
         return im
+
+
+def _pair_slots(plan: EpochPlan, pairs: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs as int64, their slots in order 2p, 2p + 1, ...); refuses pairs outside the epoch."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1)
+    bad = pairs[(pairs < 0) | (pairs >= plan.num_pairs)]
+    if bad.size:
+        raise IndexError(f"pair {int(bad[0])} out of range for an epoch of {plan.num_pairs} pairs")
+    return pairs, np.stack([2 * pairs, 2 * pairs + 1], axis=1).ravel()
 
 
 def _image_tensor(shape: tuple[int, ...]) -> torch.Tensor:
@@ -147,9 +155,9 @@ class ViewEngine:
         one after its last view here: memory is bounded by one batch's decoded images.
         """
         plan = self.plan(epoch)
-        pairs = np.asarray(pairs, dtype=np.int64)
+        pairs, slots = _pair_slots(plan, pairs)
         records = self._batch_records(records, len(pairs))
-        images = _BatchImages(self._load, plan, pairs)
+        images = _BatchImages(self._load, plan, slots)
         size = self.augment.image_size
         out = []
         for k, pair in enumerate(pairs.tolist()):
@@ -182,11 +190,11 @@ class ViewEngine:
         shared memory, so sending it to the main process copies nothing).
         """
         plan = self.plan(epoch)
-        pairs = np.asarray(pairs, dtype=np.int64)
+        pairs, slots = _pair_slots(plan, pairs)
         if pairs.size == 0:
             raise ValueError("a batch needs at least one pair")
         records = self._batch_records(records, len(pairs))
-        images = _BatchImages(self._load, plan, pairs)
+        images = _BatchImages(self._load, plan, slots)
         size, n = self.augment.image_size, 2 * len(pairs)
         tensor = _image_tensor((n, size, size, 3))
         pixels = tensor.numpy()
@@ -198,7 +206,6 @@ class ViewEngine:
             rec = None if records is None else records[rows]
             params, out_records[rows], digests[rows] = self._render_into(plan, pair, rec, images, pixels[rows])
             lam[rows] = [p.mix.lam for p in params]
-        slots = np.stack([2 * pairs, 2 * pairs + 1], axis=1).ravel()
         ids = plan.sample_ids[slots].astype(np.int64)
         return {
             "epoch": epoch,
