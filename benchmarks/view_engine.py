@@ -423,7 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--data", type=Path, help="use this ImageFolder instead of generating one")
     ap.add_argument("--breakdown", action="store_true", help="also print per-stage ms/view (one process)")
+    # Before the two orders, --replay switched kdcache to replayed records; the train order always does now.
+    ap.add_argument("--replay", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.replay:
+        print("note    : --replay is implied: the train order replays stored records, the build order samples")
     if args.batch % 2 or args.images % 2 or args.images < args.batch:
         ap.error("--batch and --images must be even, and --images >= --batch")
     if args.workers == 0:
