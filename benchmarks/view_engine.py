@@ -1,19 +1,26 @@
 """Views/s of kdcache's view engine against timm's own training input pipeline, on the same JPEGs.
 
-kdcache: ``PairDataset`` (decode + keyed sampling + render + Mixup/CutMix pair + digest + param
-record) through a torch DataLoader with ``collate_pairs``.
+kdcache: ``PairBatchDataset`` (decode each source image once per batch + keyed sampling or replay +
+render + Mixup/CutMix pair + digest + param record) through a torch DataLoader, in two orders:
+  build: the epoch's pairs in slot order, cut into batches of consecutive pairs (as the build
+         schedules whole work units); params sampled.
+  train: rank 0 of a simulated world of 8: each step's global batch of 8 x --batch views, of which
+         rank r takes the pairs j = r (mod 8) (issue 13's placement); stored records replayed.
 timm:    ``ImageDataset`` with ``create_transform(224, is_training=True, auto_augment='rand-m7-mstd0.5',
 interpolation='random', use_prefetcher=True)`` (uint8 output) and ``FastCollateMixup`` in 'pair'
 mode as collate: timm's real training loader path, minus the on-device normalisation that both
 pipelines leave to the GPU.
 
 Both run with the same number of DataLoader workers, batch size (in views) and images; the two are
-timed alternately, A/B/A/B, and the median of the per-round ratios is reported, so load from other
-processes on a shared machine hits both sides alike.
+timed alternately (build, timm, train, timm, ...), and the median of the per-round ratios is
+reported, so load from other processes on a shared machine hits all sides alike.
+
+CPU time: user + sys of the main process (time.process_time) plus that of each DataLoader worker
+(from /proc/<pid>/stat, read before and after each pass; workers are persistent, so they are alive
+to be read, which RUSAGE_CHILDREN, counting only reaped children, would miss).
 
     python benchmarks/view_engine.py [--images N] [--workers W] [--rounds R] [--batch B]
     python benchmarks/view_engine.py --workers 0          # single process
-    python benchmarks/view_engine.py --replay             # kdcache replays stored records, as training does
     python benchmarks/view_engine.py --breakdown          # also per-stage ms/view, one process
 """
 
@@ -40,7 +47,7 @@ from torch.utils.data import DataLoader
 
 from kdcache.data import ImageFolderSource
 from kdcache.recipe import AugmentConfig
-from kdcache.views import PairDataset, ViewEngine, collate_pairs
+from kdcache.views import PairBatchDataset, ViewEngine, keep_collated
 
 # (width, height, weight): ImageNet-like shapes, landscape most common.
 _SHAPES = (
@@ -170,20 +177,41 @@ class TiledSource:
         return self.source.open(sample_id % len(self.source))
 
 
-def kdcache_loader(root: Path, batch: int, workers: int, size: int, plan_size: int, replay: bool) -> DataLoader:
+def kdcache_engine(root: Path, size: int, plan_size: int) -> ViewEngine:
     source = ImageFolderSource(root)
-    n = len(source)
-    if plan_size > n:
+    if plan_size > len(source):
         source = TiledSource(source, plan_size)
-    engine = ViewEngine(source, AugmentConfig(image_size=size), seed=0)
-    records = None
-    if replay:  # sample once here; the timed passes decode the stored records, as training does
-        records = np.zeros((engine.plan(0).num_slots, engine.record_width), np.uint16)
-        for pair in range(n // 2):
-            records[2 * pair : 2 * pair + 2] = engine.render_pair(0, pair).records
-    ds = PairDataset(engine, epoch=0, pairs=range(n // 2), records=records)
+    return ViewEngine(source, AugmentConfig(image_size=size), seed=0)
+
+
+def build_batches(num_pairs: int, batch: int) -> list[np.ndarray]:
+    """Build order: pairs 0.. in slot order, cut into batches of batch // 2 consecutive pairs."""
+    return [np.arange(i, min(i + batch // 2, num_pairs)) for i in range(0, num_pairs, batch // 2)]
+
+
+def train_batches(views: int, rank_batch: int, world: int = 8, rank: int = 0) -> list[np.ndarray]:
+    """Training order: rank ``rank``'s batches; step t's global batch is pairs
+    [t * P, (t + 1) * P), P = world * rank_batch // 2, and the rank takes those with j = rank (mod world)."""
+    per_step = world * rank_batch // 2
+    steps = max(1, views // rank_batch)
+    return [t * per_step + np.arange(rank, per_step, world) for t in range(steps)]
+
+
+def sampled_records(engine: ViewEngine, epoch: int, batches: list[np.ndarray]) -> np.ndarray:
+    """The epoch's records as a build would have stored them (only the pairs in ``batches`` filled)."""
+    from kdcache.views import params as P
+
+    records = np.zeros((engine.plan(epoch).num_slots, engine.record_width), np.uint16)
+    for pair in np.concatenate(batches).tolist():
+        params = engine.sample_pair(epoch, pair)  # header reads only
+        records[2 * pair : 2 * pair + 2] = [P.encode(v, engine.n_ops) for v in params]
+    return records
+
+
+def kdcache_loader(engine: ViewEngine, batches: list[np.ndarray], workers: int, records=None) -> DataLoader:
+    ds = PairBatchDataset(engine, 0, batches, records=records)
     return DataLoader(
-        ds, batch_size=batch // 2, num_workers=workers, collate_fn=collate_pairs, persistent_workers=workers > 0
+        ds, batch_size=None, num_workers=workers, collate_fn=keep_collated, persistent_workers=workers > 0
     )
 
 
@@ -220,8 +248,12 @@ def timed_pass(loader: DataLoader, max_batches: int | None = None) -> tuple[int,
 
 
 # ---- per-stage breakdown (one process, no DataLoader) ---------------------------------------------
-def breakdown(root: Path, n: int, size: int, num_classes: int) -> list[tuple[str, float, float]]:
-    """Total ms per view of each stage of both pipelines, interleaved image by image."""
+def breakdown(root: Path, n: int, size: int, num_classes: int, batch: int) -> list[tuple[str, float, float]]:
+    """Total ms per view of each stage of both pipelines, interleaved pair by pair.
+
+    kdcache in build order: each source image decoded once per batch of ``batch // 2`` consecutive
+    pairs, as ``ViewEngine.render_batch`` does.
+    """
     import random
 
     from torchvision.transforms import functional as TF
@@ -229,7 +261,7 @@ def breakdown(root: Path, n: int, size: int, num_classes: int) -> list[tuple[str
     from kdcache.data.rgb import to_rgb
     from kdcache.views import params as P
     from kdcache.views.randaug import apply_ops
-    from kdcache.views.render import digest, mix_pair, render_image
+    from kdcache.views.render import digest, mix_pair_into, render_image
 
     torch.set_num_threads(1)  # as in a DataLoader worker
     src = ImageFolderSource(root)
@@ -251,10 +283,14 @@ def breakdown(root: Path, n: int, size: int, num_classes: int) -> list[tuple[str
     warm = 4  # pairs rendered before the clocks start (lazy imports, first-call costs)
     pairs = min(n, plan.num_slots) // 2
 
+    decoded: dict[int, Image.Image] = {}  # this batch's decoded images
+
     def run_kdcache(pair: int, check: bool) -> None:
-        """kdcache, stage by stage: what ViewEngine.render_pair does (checked during the warm-up)."""
+        """kdcache, stage by stage: what ViewEngine.render_batch does (checked during the warm-up)."""
+        if pair % (batch // 2) == 0:
+            decoded.clear()
         t0 = time.perf_counter()
-        ims = [to_rgb(src.open(i)) for i in pair_ids(pair)]
+        ims = [decoded[i] if i in decoded else decoded.setdefault(i, to_rgb(src.open(i))) for i in pair_ids(pair)]
         t0 = tick(k, "decode (open + RGB)", t0)
         params = engine._sample(plan, pair, [im.size for im in ims])
         t0 = tick(k, "sample params", t0)
@@ -271,10 +307,10 @@ def breakdown(root: Path, n: int, size: int, num_classes: int) -> list[tuple[str
             t0 = tick(k, "RandAugment", t0)
             outs.append(np.asarray(o, dtype=np.uint8))
             t0 = tick(k, "to array", t0)
-        oa, ob = mix_pair(outs[0], outs[1], params[0].mix)
-        np.stack([oa, ob])
+        buf = np.empty((2, size, size, 3), np.uint8)
+        mix_pair_into(outs[0], outs[1], params[0].mix, buf)
         t0 = tick(k, "mix + stack", t0)
-        [digest(oa), digest(ob)]
+        [digest(buf[0]), digest(buf[1])]
         np.stack([P.encode(p, engine.n_ops) for p in params])
         tick(k, "digest + param record", t0)
         if check:
@@ -363,12 +399,19 @@ def machine_info() -> list[str]:
     ]
 
 
+def _median_row(rows: list[tuple]) -> tuple:
+    return tuple(statistics.median(c) for c in zip(*rows, strict=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=512, help="JPEGs in the synthetic ImageFolder (even)")
-    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for both pipelines (0 = in-process)")
-    ap.add_argument("--rounds", type=int, default=8, help="A/B rounds; each round = one full pass of each")
-    ap.add_argument("--batch", type=int, default=64, help="views per batch (even), both pipelines")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for all pipelines (0 = in-process)")
+    ap.add_argument("--rounds", type=int, default=8, help="rounds; each round = one full pass of each pipeline")
+    ap.add_argument(
+        "--batch", type=int, default=128, help="views per batch (even): build batches, timm, and one rank's train batch"
+    )
+    ap.add_argument("--world", type=int, default=8, help="simulated world size of the training order")
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument(
@@ -379,11 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         "onto one of the --images files; 0 = plan over the files only",
     )
     ap.add_argument("--data", type=Path, help="use this ImageFolder instead of generating one")
-    ap.add_argument(
-        "--replay", action="store_true", help="kdcache replays stored records (training) instead of sampling"
-    )
     ap.add_argument("--breakdown", action="store_true", help="also print per-stage ms/view (one process)")
+    # Before the two orders, --replay switched kdcache to replayed records; the train order always does now.
+    ap.add_argument("--replay", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.replay:
+        print("note    : --replay is implied: the train order replays stored records, the build order samples")
     if args.batch % 2 or args.images % 2 or args.images < args.batch:
         ap.error("--batch and --images must be even, and --images >= --batch")
     if args.workers == 0:
@@ -393,70 +437,71 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kdcache-bench-") as tmp:
         root = bench_images(args.data, Path(tmp), args.images, args.classes)
         num_classes = len(ImageFolderSource(root).classes)
+        engine = kdcache_engine(root, args.size, args.plan_size)
+        if engine.plan(0).num_pairs * 2 < args.world * args.images:
+            ap.error("--plan-size too small for the training order: needs >= world x images slots")
+        build = build_batches(args.images // 2, args.batch)
+        train = train_batches(args.images, args.batch, args.world)
         loaders = {
-            "kdcache": kdcache_loader(root, args.batch, args.workers, args.size, args.plan_size, args.replay),
+            "build": kdcache_loader(engine, build, args.workers),
             "timm": timm_loader(root, args.batch, args.workers, num_classes, args.size),
+            "train": kdcache_loader(engine, train, args.workers, sampled_records(engine, 0, train)),
         }
         print(
             f"setup   : {args.workers} DataLoader workers, batch {args.batch} views, {args.size}px, "
-            f"{args.rounds} rounds A/B/A/B, each pass over all {args.images} images"
+            f"{args.rounds} rounds (build, timm, train, timm), each pass {args.images} views"
         )
-        path = "replays stored records (training path)" if args.replay else "samples params (build path)"
-        print(f"          kdcache {path}")
+        print(f"          kdcache build: slots 0..{args.images - 1} in order, params sampled")
+        print(
+            f"          kdcache train: rank 0 of {args.world}, global batch {args.world * args.batch} views, "
+            f"{len(train)} steps, stored records replayed"
+        )
         if args.plan_size > args.images:
-            print(
-                f"          kdcache plan laid out for {args.plan_size} samples; its first {args.images} slots rendered"
-            )
+            print(f"          kdcache plan laid out for {args.plan_size} samples, mapped onto the {args.images} files")
         # Warm-up: start workers, fill page cache, build RandAugment ops and the epoch plan.
         for ld in loaders.values():
             timed_pass(ld, max_batches=max(1, args.workers))
-        rows = []  # (round, load avg, kdcache views/s, timm views/s, kdcache CPU ms/view, timm CPU ms/view)
+        rows = []  # (round, load, views/s: build, train, timm; CPU ms/view: build, train, timm)
         for r in range(args.rounds):
-            # Strictly alternating A/B/A/B: every pass follows a pass of the other pipeline. (A/B/B/A
-            # runs each pipeline twice back to back, and the second of those passes is measurably faster.)
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-            rate, cpu = {}, {}
-            for name in ("kdcache", "timm"):
+            rate: dict[str, float] = {}
+            cpu: dict[str, list[float]] = {"build": [], "train": [], "timm": []}
+            walls: dict[str, list[float]] = {"build": [], "train": [], "timm": []}
+            for name in ("build", "timm", "train", "timm"):  # every kdcache pass next to a timm pass
                 n, wall, cpu_s = timed_pass(loaders[name])
-                rate[name], cpu[name] = n / wall, 1e3 * cpu_s / n
-            rows.append((r, load, rate["kdcache"], rate["timm"], cpu["kdcache"], cpu["timm"]))
+                walls[name].append(n / wall)
+                cpu[name].append(1e3 * cpu_s / n)
+            rate = {k: statistics.mean(v) for k, v in walls.items()}
+            ms = {k: statistics.mean(v) for k, v in cpu.items()}
+            rows.append((r, load, rate["build"], rate["train"], rate["timm"], ms["build"], ms["train"], ms["timm"]))
         del loaders
 
     print()
-    head = ("round", "load", "kdcache views/s", "timm views/s", "ratio", "kdcache CPU ms/view", "timm CPU ms/view")
-    fmt = "  ".join(f"{{:>{w}}}" for w in (6, 5, 15, 12, 6, 19, 16))
+    head = ("round", "load", "build v/s", "train v/s", "timm v/s", "build CPU ms/v", "train CPU ms/v", "timm CPU ms/v")
+    widths = (6, 5, 10, 10, 9, 14, 14, 13)
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     print(fmt.format(*head))
-    wall_q = [a / b for _, _, a, b, _, _ in rows]
-    cpu_q = [cb / ca for *_, ca, cb in rows if ca > 0]
-    for (r, load, a, b, ca, cb), q in zip(rows, wall_q, strict=True):
-        print(fmt.format(r, f"{load:.1f}", f"{a:.1f}", f"{b:.1f}", f"{q:.3f}", f"{ca:.2f}", f"{cb:.2f}"))
-    med = statistics.median(wall_q)
-    col = list(zip(*rows, strict=True))
-    print(
-        fmt.format(
-            "median",
-            "",
-            f"{statistics.median(col[2]):.1f}",
-            f"{statistics.median(col[3]):.1f}",
-            f"{med:.3f}",
-            f"{statistics.median(col[4]):.2f}",
-            f"{statistics.median(col[5]):.2f}",
-        )
-    )
-    print(f"\nkdcache / timm, wall-clock views/s  : {med:.3f}x (median of per-round ratios; goal >= 0.9x)")
-    if cpu_q:
-        print(f"kdcache / timm, views per CPU-second: {statistics.median(cpu_q):.3f}x (less sensitive to other load)")
+    for r, load, *vals in rows:
+        print(fmt.format(r, f"{load:.1f}", *(f"{v:.1f}" for v in vals[:3]), *(f"{v:.2f}" for v in vals[3:])))
+    med = _median_row([row[2:] for row in rows])
+    print(fmt.format("median", "", *(f"{v:.1f}" for v in med[:3]), *(f"{v:.2f}" for v in med[3:])))
+    wall_b = statistics.median(row[2] / row[4] for row in rows)
+    wall_t = statistics.median(row[3] / row[4] for row in rows)
+    cpu_b = statistics.median(row[7] / row[5] for row in rows)
+    cpu_t = statistics.median(row[7] / row[6] for row in rows)
+    print(f"\nkdcache / timm, wall-clock views/s: build {wall_b:.3f}x, train {wall_t:.3f}x (median of round ratios)")
 
     if args.breakdown:
         with tempfile.TemporaryDirectory(prefix="kdcache-bench-") as tmp:
             root = args.data or Path(tmp) / "train"
             if args.data is None:
                 make_imagefolder(root, min(args.images, 256), args.classes)
-            stages = breakdown(root, min(args.images, 256), args.size, num_classes)
+            stages = breakdown(root, min(args.images, 256), args.size, num_classes, args.batch)
         print(f"\n{'stage (one process)':<28} {'kdcache ms/view':>15} {'timm ms/view':>13}")
         for name, a, b in stages:
             print(f"{name:<28} {a:>15.3f} {b:>13.3f}")
         print(f"{'total':<28} {sum(s[1] for s in stages):>15.3f} {sum(s[2] for s in stages):>13.3f}")
+    print(f"views per CPU-second, kdcache ÷ timm: build {cpu_b:.2f}, train {cpu_t:.2f}")
     return 0
 
 

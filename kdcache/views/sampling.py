@@ -79,10 +79,16 @@ def sample_mix_params(g: np.random.Generator, size: int, cfg: AugmentConfig) -> 
     # spans [c - cut//2, c + (cut+1)//2): exactly `cut` pixels before clipping, as in timm 1.0.31.
     ratio = math.sqrt(1.0 - float(lam_cutmix))
     cut = int(size * ratio)
-    y0, y1 = int(np.clip(cy - cut // 2, 0, size)), int(np.clip(cy + (cut + 1) // 2, 0, size))
-    x0, x1 = int(np.clip(cx - cut // 2, 0, size)), int(np.clip(cx + (cut + 1) // 2, 0, size))
+    # Integer clip to [0, size] (as np.clip in timm), without np.clip's per-scalar overhead.
+    cy, cx = int(cy), int(cx)
+    y0, y1 = _clip(cy - cut // 2, size), _clip(cy + (cut + 1) // 2, size)
+    x0, x1 = _clip(cx - cut // 2, size), _clip(cx + (cut + 1) // 2, size)
     box = (y0, y1, x0, x1)
     return MixParams(MixMode.CUTMIX, cutmix_lambda(box, size), box)
+
+
+def _clip(v: int, size: int) -> int:
+    return min(max(v, 0), size)
 
 
 def image_generator(seed: int, epoch: int, sample_id: int, repeat: int) -> np.random.Generator:
