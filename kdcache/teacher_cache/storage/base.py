@@ -1,15 +1,5 @@
-"""Where a cache's bytes live: a local directory or any fsspec URL (s3://, gs://, memory://, ...).
-
-Both backends and the manifest go through this small interface of whole-object operations, which is
-what object stores offer. The commit rules need only two of its promises:
-
-- ``write`` is all-or-nothing: a reader sees the old object, the new one, or none, never a part.
-  Local disk gets it from write-to-temp + fsync + rename; an object store from a single PUT.
-- ``write_new`` never replaces: it is the "first writer wins" used for the build header. Local disk
-  uses link(2); S3 a conditional PUT (``If-None-Match: *``), through fsspec's ``mode="create"``.
-
-Keys are relative POSIX paths (``e00000/topk_class/c/3/0``); ``""`` is the cache root itself.
-"""
+"""The storage interface: whole-object operations on one folder (see the package docstring for the
+two promises the commit rules rest on)."""
 
 from __future__ import annotations
 
