@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import statistics
 import time
@@ -34,6 +33,7 @@ import yaml
 from kdcache.demo.data import IMAGE_SIZE, VAL_EVERY, write_digits
 from kdcache.demo.teacher import TeacherSpec, train_teacher
 from kdcache.recipe import load_recipe
+from kdcache.teacher_cache.storage.atomic import write_atomic
 
 PRESET = "digits"
 MODES = ("none", "cached", "online")
@@ -128,9 +128,7 @@ def _save_stage(out: Path, key: str, config: dict[str, Any], result: dict[str, A
     path = _stage_path(out, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"config": config, **result}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record, indent=1, default=str).encode())
     return record
 
 

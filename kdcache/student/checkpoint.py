@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from kdcache.teacher_cache.storage.atomic import atomic_file
 
 CHECKPOINT_FORMAT = 1
 
@@ -18,40 +19,11 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``.
-
-    A crash or exception at any point leaves either the previous file or the new one at ``path``,
-    never a half-written one; the temporary file is removed on failure. The directory is fsynced
-    after the rename so the new name survives a power loss.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """``torch.save`` all-or-nothing: a crash or exception leaves the previous file or the new one at
+    ``path``, never a half-written one (:func:`~kdcache.teacher_cache.storage.atomic.atomic_file`)."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kdcache.teacher_cache.storage.atomic import write_atomic
+
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 
@@ -49,9 +51,7 @@ class RunLog:
             return
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
         kept = [ln for ln in lines if json.loads(ln).get("epoch", epoch + 1) <= epoch]  # "final" lines go too
-        tmp = path.with_name(f".{METRICS_FILE}.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in kept))
-        os.replace(tmp, path)
+        write_atomic(path, "".join(ln + "\n" for ln in kept).encode())
 
     def flush(self) -> None:
         if self.writer is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from kdcache.student.optim import create_optimizer
 from kdcache.student.runlog import RunLog
 from kdcache.student.schedule import create_scheduler
 from kdcache.student.targets import TeacherTarget
+from kdcache.teacher_cache.storage.atomic import write_atomic
 
 MODES = ("cached", "online", "none")
 CONFIG_FILE = "config.yaml"
@@ -179,9 +179,7 @@ class Trainer:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / CONFIG_FILE
-        tmp = path.with_name(f".{CONFIG_FILE}.tmp")
-        tmp.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        os.replace(tmp, path)
+        write_atomic(path, yaml.safe_dump(self.config(), sort_keys=False).encode())
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:

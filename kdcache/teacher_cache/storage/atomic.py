@@ -9,7 +9,9 @@ import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def temp_name(path: Path) -> Path:
@@ -29,12 +31,40 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
-    """Write ``data`` to ``path`` all-or-nothing.
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file that appears at ``path`` only once everything written to it is durable.
+
+    The bytes go to a temporary file beside ``path``, which is fsynced and renamed over ``path`` when the
+    block ends; an exception (or a crash) leaves the previous file, never a half-written one. The folder
+    is fsynced after the rename so the new name survives a power loss.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_path(path.parent)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, exclusive: bool = False) -> bool:
+    """Write ``data`` to ``path`` all-or-nothing (see :func:`atomic_file`).
 
     exclusive=True never replaces an existing file: returns False (and writes nothing) if ``path``
     exists, which makes it a safe "first writer wins" between processes.
     """
+    if not exclusive:
+        with atomic_file(path) as f:
+            f.write(data)
+        return True
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
@@ -42,13 +72,10 @@ def write_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if exclusive:
-            try:
-                os.link(tmp, path)  # unlike rename, link fails if the target exists
-            except FileExistsError:
-                return False
-        else:
-            os.replace(tmp, path)
+        try:
+            os.link(tmp, path)  # unlike rename, link fails if the target exists
+        except FileExistsError:
+            return False
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
