@@ -161,6 +161,23 @@ def test_killed_run_resumes_to_the_same_weights(cache, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_more_student_epochs_than_cached_are_refused_unless_allowed(cache, tmp_path):
+    _, data, weights, out = cache  # 2 cached epochs
+    refused = run_cli(*tiny_train(out, tmp_path / "a", "--epochs", "3", reuse=False), check=False)
+    assert refused.returncode == 1
+    err = " ".join(refused.stderr.split())
+    assert "3 epochs but the cache holds 2 complete epoch(s)" in err and "--allow-epoch-reuse" in err
+    assert "% of the 24 samples" in err and "distinct views each" in err
+    # The command extends this very cache: the manifest's teacher, data, recipe, seed, topk, size, repeats.
+    for part in ("kdcache build --teacher test_resnet", f"--teacher-weights {weights}", f"--data {data}"):
+        assert part in err
+    for part in ("--seed 0", "--topk 3", "--image-size 32", "--repeats 3", f"--out {out}", "--epochs 3"):
+        assert part in err
+    assert not (tmp_path / "a" / "metrics.jsonl").exists()
+    allowed = run_cli(*tiny_train(out, tmp_path / "b", "--epochs", "3", "--replay-check", "0"))
+    assert "each pass in a fresh pair order" in allowed.stdout and "2 cached epoch(s) show" in allowed.stdout
+
+
 def test_refusals_are_clear(cache, tmp_path):
     _, data, _, out = cache
     odd = run_cli(*train_args(out, tmp_path / "a"), "--batch-size", "6", "--epochs", "1", check=False)
