@@ -92,7 +92,7 @@ def run_cli(
 def tiny_build(data: Path, weights: Path, out: Path | str | None, *extra: str) -> list[str]:
     """Arguments of a small, fast build with a `test_resnet` teacher; later options in ``extra``
     override the defaults (click keeps the last value of a repeated option). ``out=None`` builds
-    into the registry."""
+    into the registry. One epoch unless ``extra`` says otherwise (the recipe's default is 610)."""
     return [
         "build",
         "--teacher",
@@ -110,6 +110,8 @@ def tiny_build(data: Path, weights: Path, out: Path | str | None, *extra: str) -
         "6",
         "--batch-size",
         "4",
+        "--epochs",
+        "1",
         "--workers",
         "0",
         "--no-progress",
@@ -117,8 +119,9 @@ def tiny_build(data: Path, weights: Path, out: Path | str | None, *extra: str) -
     ]
 
 
-def tiny_train(cache: Path, out: Path, *extra: str) -> list[str]:
-    """Arguments of a short `test_resnet` training run on a cache; ``extra`` overrides the defaults."""
+def tiny_train(cache: Path, out: Path, *extra: str, reuse: bool = True) -> list[str]:
+    """Arguments of a short `test_resnet` training run on a cache; ``extra`` overrides the defaults.
+    ``reuse``: pass --allow-epoch-reuse, as the tests' caches often hold fewer epochs than the 2 trained."""
     return [
         "train",
         "--student",
@@ -138,6 +141,7 @@ def tiny_train(cache: Path, out: Path, *extra: str) -> list[str]:
         "--replay-check",
         "8",
         "--no-progress",
+        *(["--allow-epoch-reuse"] if reuse else []),
         *extra,
     ]
 

@@ -246,6 +246,8 @@ def test_beit_base_alias_builds_and_verifies_at_random_init(tmp_path):
         str(data),
         "--out",
         str(tmp_path / "c"),
+        "--epochs",
+        "1",
         "--batch-size",
         "6",
         "--workers",

@@ -72,7 +72,7 @@ def test_build_options_reach_build_config(tmp_path, monkeypatch):
 def test_train_options_reach_train_config(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr("kdcache.registry.lookup.resolve_train_cache", lambda cfg, hint: (cfg.cache, None))
-    monkeypatch.setattr("kdcache.student.run.run_train", lambda cfg: seen.append(cfg) or (None, []))
+    monkeypatch.setattr("kdcache.student.run.run_train", lambda cfg, *_: seen.append(cfg) or (None, []))
     args, expected = _invoke("train", [], tmp_path)
     res = CliRunner().invoke(cli, ["train", *args], catch_exceptions=False)
     assert res.exit_code == 0, res.output

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from kdcache.cli.main import cli
 from kdcache.teacher_cache import content_hash, create_or_open_writer, num_units, open_cache
 from kdcache.testing.synthetic_cache import synthetic_manifest, synthetic_unit
+from kdcache.views.plan import make_epoch_plan
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +60,10 @@ def test_info_json(cache):
     assert s["bytes_per_view"] == pytest.approx(s["bytes_on_disk"] / 600, abs=0.01)
     assert s["content_digest"] == content_hash(reader)
     assert json.loads(run("info", str(cache), "--json", "--no-digest").output)["content_digest"] is None
+    # Coverage of the 2 complete epochs, from their plans (seed, 301 samples, repeats 3).
+    seen = {int(i) for e in (0, 1) for i in make_epoch_plan(s["seed"], e, 301, s["repeats"]).sample_ids}
+    assert s["coverage"]["samples_seen"] == len(seen) and s["coverage"]["exact"] is True
+    assert s["coverage"]["views_per_sample"] == pytest.approx(600 / len(seen), abs=1e-4)
 
 
 def test_info_text(cache):
@@ -66,6 +71,7 @@ def test_info_text(cache):
     assert "zarr, format 1, finished" in out
     assert "complete: 0-1 (2 of 2 planned)" in out
     assert "top-3 of 10 classes" in out
+    assert "distinct views per sample seen" in out
     assert content_hash(open_cache(cache)) in out
 
 

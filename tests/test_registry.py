@@ -183,14 +183,15 @@ def test_train_finds_the_cache_by_teacher_and_data_or_says_how_to_build_it(setup
     lookup = ["--teacher", "test_resnet", "--teacher-weights", str(weights), "--data", str(data)]
     root = ["--cache-root", str(home)]
 
-    def train(run: str, *extra: str, check: bool = True):
-        args = [a for a in tiny_train(Path("unused"), tmp_path / run, "--epochs", "1") if a != "unused"]
+    def train(run: str, *extra: str, check: bool = True, reuse: bool = True):
+        args = [a for a in tiny_train(Path("unused"), tmp_path / run, "--epochs", "1", reuse=reuse) if a != "unused"]
         args.remove("--cache")
         return run_cli(*args, *root, *extra, check=check)
 
     missing = train("r0", *lookup, check=False)
     assert missing.returncode != 0
     assert "kdcache build --teacher test_resnet --data" in missing.stderr and str(home) in missing.stderr
+    assert "--epochs 1 " in missing.stderr  # as many epochs as the student trains
 
     registry_build(data, weights, home)
     key = only_cache(home).parent.name
@@ -202,6 +203,11 @@ def test_train_finds_the_cache_by_teacher_and_data_or_says_how_to_build_it(setup
 
     # A registry key (prefix) works as --cache.
     assert f"using cache {key}" in train("r2", "--cache", key[:8]).stderr
+    # Too few cached epochs: the refusal gives the recorded build command with the student's epochs.
+    recorded = json.loads((home / key / "entry.json").read_text())["build_command"]
+    short = train("r2b", "--cache", key[:8], "--epochs", "4", check=False, reuse=False)
+    assert short.returncode == 1
+    assert recorded.replace("--epochs 1", "--epochs 4") in " ".join(short.stderr.split())
 
     # Two caches of the same teacher and data: the error lists both keys.
     registry_build(data, weights, home, "--seed", "1")

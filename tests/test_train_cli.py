@@ -92,11 +92,38 @@ def test_cached_and_online_see_identical_batches_and_agreeing_targets(cache):
 
 def test_ranks_of_a_two_process_run_see_disjoint_views_covering_the_epoch(cache):
     out = cache[3]
-    one = [s for b in _source(out, True).epoch_batches(1) for s in b.slots.tolist()]
-    r0 = [s for b in _source(out, True, 0, 2).epoch_batches(1) for s in b.slots.tolist()]
-    r1 = [s for b in _source(out, True, 1, 2).epoch_batches(1) for s in b.slots.tolist()]
-    assert not set(r0) & set(r1)
-    assert sorted(r0 + r1) == sorted(one)
+    for epoch in (1, 3):  # 3: the second pass through the 2-epoch cache, in a fresh pair order
+        one = list(_source(out, True).epoch_batches(epoch))
+        halves = [list(_source(out, True, r, 2).epoch_batches(epoch)) for r in (0, 1)]
+        for whole, r0, r1 in zip(one, *halves, strict=True):  # the same global batch at every step
+            assert not set(r0.slots.tolist()) & set(r1.slots.tolist())
+            assert sorted(r0.slots.tolist() + r1.slots.tolist()) == sorted(whole.slots.tolist())
+            # rank r holds the step's pairs j = r (mod 2)
+            assert r0.slots.tolist() == whole.slots.view(-1, 4)[:, :2].reshape(-1).tolist()
+            assert torch.equal(r1.images, whole.images.view(-1, 4, *whole.images.shape[1:])[:, 2:].flatten(0, 1))
+
+
+def test_a_second_pass_replays_the_same_views_in_a_fresh_pair_order(cache):
+    out = cache[3]
+    first, again = (list(_source(out, True).epoch_batches(e)) for e in (0, 2))  # both cached epoch 0
+
+    def rows(batches):
+        return {
+            s: (b.images[i].numpy().tobytes(), b.topk_logprob[i].numpy().tobytes(), float(b.lam[i]))
+            for b in batches
+            for i, s in enumerate(b.slots.tolist())
+        }
+
+    a, b = rows(first), rows(again)
+    common = a.keys() & b.keys()
+    assert len(common) >= len(a) - 8  # the dropped last partial batch may hold other pairs
+    assert all(a[s] == b[s] for s in common)  # bit-exact views, same soft labels and lambda
+    order_a = [s for x in first for s in x.slots.tolist()]
+    order_b = [s for x in again for s in x.slots.tolist()]
+    assert order_a == sorted(order_a) and order_b != order_a  # cycle 0: plan order; cycle 1: shuffled
+    for x in again:
+        x.validate_pairs()
+        assert (x.slots[0::2] % 2 == 0).all() and (x.slots[1::2] == x.slots[0::2] + 1).all()
 
 
 def test_two_process_gloo_training_completes(cache, tmp_path):
@@ -132,6 +159,23 @@ def test_killed_run_resumes_to_the_same_weights(cache, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_more_student_epochs_than_cached_are_refused_unless_allowed(cache, tmp_path):
+    _, data, weights, out = cache  # 2 cached epochs
+    refused = run_cli(*tiny_train(out, tmp_path / "a", "--epochs", "3", reuse=False), check=False)
+    assert refused.returncode == 1
+    err = " ".join(refused.stderr.split())
+    assert "3 epochs but the cache holds 2 complete epoch(s)" in err and "--allow-epoch-reuse" in err
+    assert "% of the 24 samples" in err and "distinct views each" in err
+    # The command extends this very cache: the manifest's teacher, data, recipe, seed, topk, size, repeats.
+    for part in ("kdcache build --teacher test_resnet", f"--teacher-weights {weights}", f"--data {data}"):
+        assert part in err
+    for part in ("--seed 0", "--topk 3", "--image-size 32", "--repeats 3", f"--out {out}", "--epochs 3"):
+        assert part in err
+    assert not (tmp_path / "a" / "metrics.jsonl").exists()
+    allowed = run_cli(*tiny_train(out, tmp_path / "b", "--epochs", "3", "--replay-check", "0"))
+    assert "each pass in a fresh pair order" in allowed.stdout and "2 cached epoch(s) show" in allowed.stdout
 
 
 def test_refusals_are_clear(cache, tmp_path):

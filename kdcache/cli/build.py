@@ -34,10 +34,9 @@ from kdcache.cli.common import fail_cleanly
 )
 @click.option(
     "--epochs",
-    default=1,
-    show_default=True,
     type=click.IntRange(min=1),
-    help="Epochs of views to cache; a larger value on an existing cache appends epochs.",
+    help="Epochs of views to cache [recipe: its training epochs, 610 for seed, so a student never cycles a "
+    "short cache]; a larger value on an existing cache appends epochs.",
 )
 @click.option("--repeats", type=click.IntRange(1, 255), help="Repeated augmentation R [recipe: 3].")
 @click.option("--topk", default=10, show_default=True, type=click.IntRange(min=1), help="Soft labels kept per view.")
@@ -98,6 +97,7 @@ def build_and_summarise(cfg) -> str:
     from kdcache.registry.root import cache_root
     from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
 
+    cfg = cfg.resolved()
     prep = prepare_build(cfg)
     dest = None
     out = cfg.out

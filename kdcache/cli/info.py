@@ -38,9 +38,11 @@ def info(cache: str, as_json: bool, no_hash: bool) -> None:
 
 def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
     from kdcache.teacher_cache.store import content_hash
+    from kdcache.views.coverage import coverage
 
     m = reader.manifest
     hashed = content_hash(reader) if digest else None
+    cov = coverage(m.seed, reader.epochs_complete, m.dataset["num_samples"], m.repeats)
     views = reader.num_views()
     size = reader.bytes_on_disk()
     units = reader.completed_units()
@@ -64,6 +66,7 @@ def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
         "units_complete": len(units),
         "epochs_planned": m.epochs_planned,
         "epochs_complete": reader.epochs_complete,
+        "coverage": cov.to_dict(),  # what a student sees of the dataset from the complete epochs
         "views": views,
         "bytes_on_disk": size,
         "bytes_per_view": round(size / views, 2) if views else None,
@@ -101,6 +104,12 @@ def _text(cache: Path, s: dict[str, Any]) -> str:
             f"complete: {epoch_ranges(s['epochs_complete'])} ({len(s['epochs_complete'])} of "
             f"{s['epochs_planned']} planned); units {s['units_complete']} committed, "
             f"{s['units_per_epoch']} per epoch of {s['unit_size']} views",
+        ),
+        (
+            "coverage",
+            f"{100 * s['coverage']['share_seen']:.1f}% of the samples, "
+            f"{s['coverage']['views_per_sample']:.2f} distinct views per sample seen"
+            + ("" if s["coverage"]["exact"] else " (estimated)"),
         ),
         ("stored", f"{s['views']:,} views, {s['bytes_on_disk'] / 1e6:.2f} MB on disk, {per_view}"),
         ("content", s["content_hash"] or "(hash skipped)"),

@@ -68,6 +68,12 @@ from kdcache.cli.common import fail_cleanly
     help="Also save the resumable checkpoint every N steps within an epoch (0: at epoch ends only).",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+@click.option(
+    "--allow-epoch-reuse",
+    is_flag=True,
+    help="Train more epochs than the cache holds: cycle through its epochs, each pass in a fresh pair order "
+    "(otherwise refused, with the coverage and the build command that extends the cache).",
+)
 @fail_cleanly
 def train(**options) -> None:
     """Train a student on the cache's views; the teacher never runs (unless --kd online).
@@ -81,14 +87,14 @@ def train(**options) -> None:
     """
     import dataclasses
 
-    from kdcache.registry.lookup import resolve_train_cache
+    from kdcache.registry.lookup import recorded_build_command, resolve_train_cache
     from kdcache.student.run import TrainConfig, run_train
 
     cfg = TrainConfig(**options)
     cache, found = resolve_train_cache(cfg, build_hint(cfg))
     if found:
         click.echo(found, err=True)
-    result, _ = run_train(dataclasses.replace(cfg, cache=cache))
+    result, _ = run_train(dataclasses.replace(cfg, cache=cache), recorded_build_command)
     if result is None:
         return
     lines = [f"kdcache train finished: {result.out_dir} ({result.epochs_done} epochs, {result.global_step} steps)"]
@@ -102,11 +108,16 @@ def train(**options) -> None:
 
 
 def build_hint(cfg) -> str | None:
-    """The `kdcache build` command that creates the cache this run looks up (None if it cannot look up)."""
+    """The `kdcache build` command that creates the cache this run looks up (None if it cannot look up),
+    with as many epochs as the student trains (the recipe's unless --epochs says)."""
     from kdcache.teacher_cache.build.config import BuildConfig
 
     if cfg.cache is not None or cfg.teacher is None or cfg.data is None:
         return None
     return BuildConfig(
-        teacher=cfg.teacher, data=cfg.data, teacher_weights=cfg.teacher_weights, cache_root=cfg.cache_root
+        teacher=cfg.teacher,
+        data=cfg.data,
+        teacher_weights=cfg.teacher_weights,
+        cache_root=cfg.cache_root,
+        epochs=cfg.epochs,
     ).command_line()

@@ -118,3 +118,19 @@ def resolve_cache_arg(cache: str, *, finished: bool = True) -> str:
     from kdcache.registry.root import cache_root
 
     return entry_for_key(cache_root(), cache, finished=finished).location
+
+
+def recorded_build_command(cache: str) -> str | None:
+    """The build command the registry recorded for the cache at ``cache`` (ROOT/KEY/FORMAT), or None
+    when the cache is not in a registry or has no recorded command (it only feeds a hint)."""
+    from kdcache.registry.catalog import read_entry_meta
+    from kdcache.teacher_cache.storage import open_storage
+
+    parts = str(cache).rstrip("/").rsplit("/", 2)
+    if len(parts) != 3 or not parts[0]:
+        return None
+    try:
+        command = read_entry_meta(open_storage(parts[0]), parts[1]).get("build_command")
+    except Exception:  # unreadable or not a registry: fall back to composing the command
+        return None
+    return command if isinstance(command, str) else None

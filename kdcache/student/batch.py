@@ -104,17 +104,34 @@ def steps_per_epoch(num_slots: int, global_batch: int) -> int:
     return num_slots // global_batch
 
 
-def process_slots(step: int, global_batch: int, rank: int = 0, world_size: int = 1) -> range:
-    """Slots of an epoch that process ``rank`` trains on at ``step``.
+def process_pairs(step: int, global_batch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """Positions, in the epoch's pair order, of the mixing pairs process ``rank`` trains on at ``step``.
 
-    Global step t covers slots [t*G, (t+1)*G); rank r takes the r-th contiguous share. The union over
-    ranks is independent of the world size, and shares start on even slots, so pairs stay whole.
+    Global step t covers pairs [t*G/2, (t+1)*G/2); rank r takes those j = r (mod world size) within the
+    step. The plan keeps a sample's R repeats close together, so striding (as timm's RepeatAugSampler
+    does) sends them to different ranks instead of one rank's contiguous block. The union over ranks
+    is the same for every world size.
     """
-    if global_batch % world_size or (global_batch // world_size) % 2:
-        raise BatchError(f"global batch {global_batch} does not split into even shares over {world_size} processes")
-    per = global_batch // world_size
-    start = step * global_batch + rank * per
-    return range(start, start + per)
+    if global_batch % 2 or (global_batch // 2) % world_size:
+        raise BatchError(
+            f"global batch {global_batch} does not split into whole mixing pairs over {world_size} processes: "
+            f"it must be even and its {global_batch // 2} pairs divisible by {world_size}; "
+            f"use a --batch-size that is a multiple of {2 * world_size}"
+        )
+    half = global_batch // 2
+    return np.arange(step * half + rank, (step + 1) * half, world_size, dtype=np.int64)
+
+
+def pair_slots(pairs: np.ndarray) -> np.ndarray:
+    """Slots of whole pairs, in pair order: pair p is slots 2p, 2p+1."""
+    pairs = np.asarray(pairs, dtype=np.int64)
+    return np.stack([2 * pairs, 2 * pairs + 1], axis=1).reshape(-1)
+
+
+def process_slots(step: int, global_batch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """Slots of an epoch (in the plan's own order) that process ``rank`` trains on at ``step``:
+    the slots of :func:`process_pairs`."""
+    return pair_slots(process_pairs(step, global_batch, rank, world_size))
 
 
 def partner_labels(labels: np.ndarray | torch.Tensor) -> Any:

@@ -9,14 +9,36 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from kdcache.student.batch import TrainBatch, process_slots, steps_per_epoch, train_batch_from_collated
+from kdcache.student.batch import TrainBatch, process_pairs, steps_per_epoch, train_batch_from_collated
 from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch
 from kdcache.views import PairDataset, ViewEngine, collate_pairs
+from kdcache.views.plan import cycle_pair_order
 
 
 def cached_epoch(student_epoch: int, epochs_complete: list[int]) -> int:
     """Student epochs beyond the cached ones cycle through them: epoch e uses cached epoch e mod E."""
     return epochs_complete[student_epoch % len(epochs_complete)]
+
+
+def epoch_pairs(
+    seed: int,
+    student_epoch: int,
+    epochs_complete: list[int],
+    num_pairs: int,
+    steps: range,
+    global_batch: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> np.ndarray:
+    """The cached pairs process ``rank`` trains on in ``steps`` of a student epoch, in order.
+
+    Each pass through the cache (cycle) replays its epochs in a fresh seeded pair order (cycle 0: the
+    plan's order); within a step rank r takes the pairs j = r (mod world size).
+    """
+    ce = cached_epoch(student_epoch, epochs_complete)
+    order = cycle_pair_order(seed, ce, student_epoch // len(epochs_complete), num_pairs)
+    positions = [process_pairs(t, global_batch, rank, world_size) for t in steps]
+    return order[np.concatenate(positions)] if positions else np.zeros(0, np.int64)
 
 
 class CacheBatchSource:
@@ -70,17 +92,16 @@ class CacheBatchSource:
         ce = cached_epoch(epoch, self.epochs)
         block = self._load(ce)
         per = self.global_batch // self.world_size
-        slots = (
-            np.concatenate(
-                [
-                    np.asarray(process_slots(t, self.global_batch, self.rank, self.world_size))
-                    for t in range(start_step, self._steps)
-                ]
-            )
-            if start_step < self._steps
-            else np.zeros(0, np.int64)
+        pairs = epoch_pairs(
+            self.reader.manifest.seed,
+            epoch,
+            self.epochs,
+            self.num_slots // 2,
+            range(start_step, self._steps),
+            self.global_batch,
+            self.rank,
+            self.world_size,
         )
-        pairs = slots[0::2] // 2
         ds = PairDataset(self.engine, ce, pairs=pairs, records=block.params)
         loader = DataLoader(
             ds,

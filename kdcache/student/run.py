@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,49 @@ from kdcache.recipe import Recipe, RecipeError, load_recipe
 from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch, open_replay, replay_sample
 
 log = logging.getLogger("kdcache.train")
+
+
+class EpochCoverageError(ValueError):
+    """The student would train more epochs than the cache holds, without --allow-epoch-reuse."""
+
+
+def compose_build_command(m, cache: str, epochs: int) -> str:
+    """The ``kdcache build`` command that extends the cache at ``cache`` (manifest ``m``) to ``epochs``
+    epochs: every option that determines its content, from the manifest."""
+    t = m.teacher
+    parts = ["kdcache", "build", "--teacher", str(t.get("name") or t["id"]), "--data", str(m.dataset["source"])]
+    weights = t.get("weights")
+    if weights and Path(str(weights)).is_file():  # timm's own pretrained weights need no option
+        parts += ["--teacher-weights", str(weights)]
+    parts += ["--format", m.backend, "--recipe", str(m.recipe.get("name") or "seed"), "--seed", str(m.seed)]
+    parts += ["--topk", str(m.topk), "--image-size", str(m.image_size), "--repeats", str(m.repeats)]
+    parts += ["--out", cache, "--epochs", str(epochs)]
+    return shlex.join(parts)
+
+
+def with_epochs(command: str, epochs: int) -> str:
+    """A recorded ``kdcache build`` command with its --epochs set to ``epochs``."""
+    parts = shlex.split(command)
+    for i, p in enumerate(parts):
+        if p == "--epochs" and i + 1 < len(parts):
+            parts[i + 1] = str(epochs)
+            return shlex.join(parts)
+        if p.startswith("--epochs="):
+            parts[i] = f"--epochs={epochs}"
+            return shlex.join(parts)
+    return shlex.join([*parts, "--epochs", str(epochs)])
+
+
+def epoch_reuse_message(cov, student_epochs: int, build_command: str) -> str:
+    """Why train refuses to cycle through too few cached epochs, and the two ways on."""
+    return (
+        f"the student trains {student_epochs} epochs but the cache holds {cov.epochs} complete epoch(s): "
+        f"it would only ever see {100 * cov.share_seen:.1f}% of the {cov.num_samples:,} samples, "
+        f"{cov.views_per_sample:.2f} distinct views each, every view replayed about "
+        f"{student_epochs / max(cov.epochs, 1):.1f} times. Extend the cache to {student_epochs} epochs with\n"
+        f"  {build_command}\n"
+        "or pass --allow-epoch-reuse to train on the cached epochs over and over (each pass in a fresh order)"
+    )
 
 
 @dataclass(frozen=True)
@@ -47,6 +92,7 @@ class TrainConfig:
     replay_check: int = 64
     checkpoint_every: int = 0
     progress: bool = True
+    allow_epoch_reuse: bool = False  # train more epochs than the cache holds, cycling through it
 
 
 def resolve_recipe(args: TrainConfig, cache_recipe: dict) -> Recipe:
@@ -124,7 +170,9 @@ class _MappedVal:
             yield images, self.mapping[labels]
 
 
-def run_train(args: TrainConfig):
+def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | None] | None = None):
+    """Train; ``recorded_build_command(cache)`` (the CLI passes the registry's) gives the command that
+    built a cache, used to say how to extend it."""
     from kdcache.models.online_teacher import OnlineTeacher
     from kdcache.models.teacher import create_teacher
     from kdcache.student.cache_source import CacheBatchSource
@@ -149,9 +197,20 @@ def run_train(args: TrainConfig):
             f"{m.teacher.get('name', m.teacher['id'])}"
         ]
         if recipe.train.epochs > len(epochs):
+            from kdcache.views.coverage import coverage
+
+            cov = coverage(m.seed, epochs, m.dataset["num_samples"], m.repeats)
+            if not args.allow_epoch_reuse:
+                recorded = recorded_build_command(args.cache) if recorded_build_command else None
+                command = (
+                    with_epochs(recorded, recipe.train.epochs)
+                    if recorded
+                    else compose_build_command(m, args.cache, recipe.train.epochs)
+                )
+                raise EpochCoverageError(epoch_reuse_message(cov, recipe.train.epochs, command))
             info.append(
-                f"student epochs ({recipe.train.epochs}) exceed the cached epochs ({len(epochs)}): "
-                f"epoch e replays cached epoch e mod {len(epochs)}"
+                f"student epochs ({recipe.train.epochs}) exceed the cached epochs ({len(epochs)}): epoch e replays "
+                f"cached epoch e mod {len(epochs)}, each pass in a fresh pair order; coverage: {cov.describe()}"
             )
         if args.replay_check > 0 and world.is_main:
             n = replay_check(reader, engine, args.replay_check)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from kdcache.student.batch import TrainBatch, process_slots, steps_per_epoch
+from kdcache.student.batch import TrainBatch, pair_slots, process_pairs, steps_per_epoch
 
 _TAG = 0x5EED_BA7C  # separates these streams from every other use of the same seed
 
@@ -56,8 +56,8 @@ class SyntheticBatchSource:
             yield self.batch(epoch, step)
 
     def batch(self, epoch: int, step: int) -> TrainBatch:
-        slots = process_slots(step, self.global_batch, self.rank, self.world_size)
-        pairs = [self._pair(epoch, p) for p in range(slots.start // 2, slots.stop // 2)]
+        mine = process_pairs(step, self.global_batch, self.rank, self.world_size)
+        pairs = [self._pair(epoch, int(p)) for p in mine]
         images, labels, lam, logits = (np.concatenate(parts) for parts in zip(*pairs, strict=True))
         y_a = torch.from_numpy(labels)
         kw = {}
@@ -70,7 +70,7 @@ class SyntheticBatchSource:
             y_a=y_a,
             y_b=y_a.view(-1, 2).flip(1).reshape(-1),
             lam=torch.from_numpy(lam),
-            slots=torch.arange(slots.start, slots.stop, dtype=torch.int64),
+            slots=torch.from_numpy(pair_slots(mine)),
             **kw,
         )
 

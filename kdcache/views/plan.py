@@ -130,3 +130,12 @@ def _nearest(i: int, n: int):
             yield i - d
         if i + d < n:
             yield i + d
+
+
+def cycle_pair_order(seed: int, epoch: int, cycle: int, num_pairs: int) -> np.ndarray:
+    """The order in which a student replays the pairs of cached epoch ``epoch`` in its ``cycle``-th pass
+    through the cache: the plan's own order for cycle 0, a fresh permutation keyed by (seed, epoch,
+    cycle) after that. Whole pairs move, each keeping its stored params, digests and soft labels."""
+    if cycle == 0:
+        return np.arange(num_pairs, dtype=np.int64)
+    return keyed_generator(seed, Domain.CYCLE, epoch, cycle).permutation(num_pairs).astype(np.int64)

@@ -20,6 +20,7 @@ class Domain(IntEnum):
     IMAGE = 2
     MIX = 3
     CHECK = 4  # sampling which views to re-check (replay checks, verify)
+    CYCLE = 5  # the order of a cached epoch's pairs when training cycles through the cache again
 
 
 def keyed_generator(seed: int, domain: Domain, *coords: int) -> np.random.Generator:

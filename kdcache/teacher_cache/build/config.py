@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ class BuildConfig:
     out: str | None = None  # None: the registry under cache_root picks ROOT/KEY/FORMAT
     cache_root: str | None = None  # None: $KDCACHE_HOME or the user's cache directory
     format: str = "zarr"
-    epochs: int = 1
+    epochs: int | None = None  # None: the recipe's training epochs (a student should not cycle a short cache)
     repeats: int | None = None  # None: the recipe's
     topk: int = 10
     image_size: int | None = None  # None: the recipe's
@@ -36,7 +37,7 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.format not in ("zarr", "wds"):
             raise ValueError(f"--format must be zarr or wds, got {self.format!r}")
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
         if self.topk < 1:
             raise ValueError(f"--topk must be >= 1, got {self.topk}")
@@ -46,6 +47,18 @@ class BuildConfig:
             raise ValueError(f"--unit-size must be even, got {self.unit_size}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+
+    def resolved_epochs(self) -> int:
+        """--epochs, or the recipe's training epochs when not given."""
+        if self.epochs is not None:
+            return self.epochs
+        from kdcache.recipe import load_recipe
+
+        return load_recipe(self.recipe).train.epochs
+
+    def resolved(self) -> BuildConfig:
+        """This config with every default that depends on the recipe filled in."""
+        return self if self.epochs is not None else dataclasses.replace(self, epochs=self.resolved_epochs())
 
     def amp_dtype(self) -> torch.dtype | None:
         amp = self.amp
@@ -60,7 +73,7 @@ class BuildConfig:
         """The ``kdcache build`` command that builds this cache into the registry (what determines its
         content, not where it goes or how fast)."""
         parts = ["kdcache", "build", "--teacher", self.teacher, "--data", self.data, "--format", self.format]
-        parts += ["--epochs", str(self.epochs), "--seed", str(self.seed), "--topk", str(self.topk)]
+        parts += ["--epochs", str(self.resolved_epochs()), "--seed", str(self.seed), "--topk", str(self.topk)]
         parts += ["--recipe", self.recipe]
         for flag, value in (("--repeats", self.repeats), ("--image-size", self.image_size)):
             if value is not None:

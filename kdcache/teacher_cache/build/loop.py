@@ -8,6 +8,7 @@ thread, so disk I/O overlaps the next forward passes.
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,16 @@ from kdcache.teacher_cache.build.config import BuildConfig
 from kdcache.teacher_cache.build.runner import TeacherRunner
 from kdcache.teacher_cache.build.schedule import Unit, unit_batches
 from kdcache.views import RenderedPair, ViewEngine, collate_pairs
+
+# After this many batches the main rank prints its measured rate and the time the rest will take
+# (the first batches include worker start-up, so the estimate errs long rather than short).
+ESTIMATE_AFTER_BATCHES = 20
+
+
+def eta_line(views_done: int, seconds: float, views_left: int) -> str:
+    rate = views_done / seconds if seconds > 0 else 0.0
+    eta = f"about {views_left / rate / 3600:.2f} h" if rate else "unknown time"
+    return f"teacher: {rate:.1f} views/s, {eta} for the remaining {views_left:,} views of this rank"
 
 
 class BuildItems(Dataset):
@@ -92,8 +103,9 @@ def run_units(
     teacher_s = 0.0
     pending: list[Future] = []
     done_units = 0
+    views_done = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdcache-writer") as pool:
-        for batch_idx, batch in zip(batches, loader, strict=True):
+        for n_batch, (batch_idx, batch) in enumerate(zip(batches, loader, strict=True), start=1):
             unit = units[int(unit_of_item[batch_idx[0]])]
             ts = time.perf_counter()
             lp, cls = runner.topk(batch["images"])
@@ -106,6 +118,10 @@ def run_units(
                 while len(pending) > 2:
                     pending.pop(0).result()
             bar.update(len(batch["slots"]))
+            views_done += len(batch["slots"])
+            if n_batch == ESTIMATE_AFTER_BATCHES and world.is_main and views_done < total:
+                line = eta_line(views_done, time.perf_counter() - t0, total - views_done)
+                tqdm.write(line, file=sys.stderr)
             bar.set_postfix(units=f"{done_units}/{len(units)}", refresh=False)
         for f in pending:
             f.result()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,7 @@ class BuildResult:
 
 
 def prepare_build(cfg: BuildConfig) -> PreparedBuild:
+    cfg = cfg.resolved()
     recipe = resolve_recipe(cfg)
     source = open_source(cfg.data)
     model, tinfo = create_teacher(cfg.teacher, cfg.teacher_weights)
@@ -145,6 +147,7 @@ def prepare_build(cfg: BuildConfig) -> PreparedBuild:
 def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | None:
     """Build (or resume, or extend) the cache of ``prep`` at ``out``; every rank of a torchrun job calls
     this. Returns the result on rank 0, None on the others."""
+    cfg = cfg.resolved()
     world = init_world(cfg.device)
     with contextlib.ExitStack() as stack:
         stack.callback(close_world, world)
@@ -179,6 +182,8 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
                 lock.check()  # a lease on an object store can be lost; stop before the next commit
                 _write(epoch, unit, arrays)
 
+        if world.is_main:
+            print(plan_line(out, manifest, cfg, completed, world.size), file=sys.stderr, flush=True)
         runner = TeacherRunner(prep.model, prep.teacher.mean, prep.teacher.std, cfg)
         stats = run_units(prep.engine, runner, pending, write, class_dtype(manifest.num_classes), cfg, world)
         world.barrier()
@@ -199,6 +204,30 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
             bytes_on_disk=reader.bytes_on_disk(),
         )
     return None
+
+
+# Measured bytes per stored view (params, digest, top-10), docs/benchmarks.md; used to estimate a new
+# cache's size before anything is written.
+BYTES_PER_VIEW = {"zarr": 48.2, "wds": 81.8}
+
+
+def plan_line(out: str, manifest: Manifest, cfg: BuildConfig, completed: set, world_size: int) -> str:
+    """What the build is about to do: views to compute and the bytes they will take."""
+    epochs = cfg.resolved_epochs()
+    units = all_units(epochs, manifest.num_slots, manifest.unit_size)
+    todo = [u for u in units if (u.epoch, u.index) not in completed]
+    views = sum(u.size for u in todo)
+    per_view, basis = BYTES_PER_VIEW.get(manifest.backend, 64.0), f"measured {manifest.backend} B/view"
+    if completed:  # an existing cache: its own bytes per view
+        with contextlib.suppress(Exception):
+            r = open_cache(out, allow_unfinished=True)
+            if r.num_views():
+                per_view, basis = r.bytes_on_disk() / r.num_views(), "this cache's B/view so far"
+    return (
+        f"build: {views:,} views to compute ({epochs} epoch(s) x {manifest.num_slots:,} slots, "
+        f"{len(units) - len(todo)} of {len(units)} units already done) on {world_size} process(es); "
+        f"about {views * per_view / 1e6:,.1f} MB more at {per_view:.1f} B/view ({basis})"
+    )
 
 
 def _storage(out: str) -> Storage:
