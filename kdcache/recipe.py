@@ -211,11 +211,15 @@ class TrainConfig:
         if world_size < 1:
             raise RecipeError(f"world size must be >= 1, got {world_size}")
         if self.global_batch % world_size:
-            raise RecipeError(f"train.global_batch {self.global_batch} is not divisible by the world size {world_size}")
+            raise RecipeError(
+                f"train.global_batch (--batch-size) {self.global_batch} is not divisible by the world size "
+                f"{world_size}: choose a global batch divisible by 2 x {world_size}"
+            )
         per = self.global_batch // world_size
         if per % 2:
             raise RecipeError(
-                f"train.global_batch {self.global_batch} / world size {world_size} = {per} views per process is odd; "
+                f"train.global_batch (--batch-size) {self.global_batch} / world size {world_size} = {per} views "
+                "per process is odd; "
                 "mixing pairs must stay whole: choose a global batch divisible by 2 x world size"
             )
         return per

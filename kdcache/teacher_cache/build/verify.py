@@ -17,7 +17,8 @@ from kdcache.teacher_cache.replay import Mismatch, open_replay, replay_sample
 PROB_TOLERANCE = 1e-3
 # Under autocast two forwards of one view differ with the batch and the kernels chosen (and verify may
 # run on another device than the build): the tolerance grows with the rounding of the body's activations.
-AUTOCAST_TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
+# benchmarks/teacher_precision.py: fp16 autocast is off fp32 by up to ~1e-2, bf16 by up to ~8e-2 (EfficientNet-Lite0).
+AUTOCAST_TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 1.5e-1}
 
 
 def tolerance(precision: str) -> float:
