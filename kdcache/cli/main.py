@@ -4,10 +4,12 @@ so ``kdcache --help`` stays fast and a broken optional dependency only affects i
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
 from kdcache import __version__
+from kdcache.cli.common import DEBUG_ENV
 
 # name -> "module:function"
 COMMANDS: dict[str, str] = {
@@ -38,7 +40,12 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="kdcache")
-def cli() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show the Python traceback of user errors too (same as KDCACHE_DEBUG=1); bugs always show one.",
+)
+def cli(debug: bool) -> None:
     """kdcache: run the teacher once, offline, on exactly the views every student will replay.
 
     \b
@@ -51,7 +58,12 @@ def cli() -> None:
       kdcache build --teacher beit_base --data /data/imagenet/train
       kdcache train --teacher beit_base --data /data/imagenet/train --out runs/r50
       kdcache ls; kdcache rm KEY
+
+    Mistakes in options or inputs are reported in one line (exit status 1); --debug shows the traceback.
     """
+    if debug:
+        # An environment variable, so torchrun's worker processes and lazily loaded commands see it too.
+        os.environ[DEBUG_ENV] = "1"
 
 
 def main() -> None:

@@ -30,6 +30,11 @@ def show(cache: str, epoch: int, slots: str, data: str | None, as_json: bool) ->
     m = reader.manifest
     if b > m.num_slots:
         raise click.BadParameter(f"an epoch has {m.num_slots} slots; {slots} is out of range", param_hint="--slots")
+    if epoch >= m.epochs_planned:
+        done = ", ".join(map(str, sorted(reader.epochs_complete))) or "none yet"
+        raise click.BadParameter(
+            f"the cache has epochs 0..{m.epochs_planned - 1} (complete: {done}); got {epoch}", param_hint="--epoch"
+        )
     names = _sample_names(m, data)
     for u in range(a // m.unit_size, (b - 1) // m.unit_size + 1):
         start = unit_slots(m, u)[0]

@@ -42,7 +42,8 @@ from kdcache.cli.common import fail_cleanly
 @click.option(
     "--batch-size",
     type=click.IntRange(min=2),
-    help="Global batch in views [recipe: 1536]; even, divisible by the number of processes.",
+    help="Global batch in views, over all processes [recipe: 1536, the seed's 8 GPUs x 192]; even, divisible "
+    "by 2 x the number of processes (each takes an equal share).",
 )
 @click.option("--lr", type=float, help="Peak learning rate [recipe: 5e-3]; not rescaled with the batch.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="DataLoader workers.")

@@ -32,6 +32,7 @@ import yaml
 
 from kdcache.demo.data import IMAGE_SIZE, VAL_EVERY, write_digits
 from kdcache.demo.teacher import TeacherSpec, train_teacher
+from kdcache.errors import UsageError
 from kdcache.recipe import load_recipe
 from kdcache.teacher_cache.storage.atomic import write_atomic
 
@@ -56,8 +57,10 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"--out {self.out} is a file: give a directory for the demo's data, caches and runs")
         if self.seeds < 1:
-            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
+            raise UsageError(f"--seeds must be >= 1, got {self.seeds}")
 
     # quick: a smoke run (tiny data, one epoch each); its accuracies mean nothing
     @property

@@ -15,6 +15,15 @@ def create_student(cfg: TrainConfig, num_classes: int) -> nn.Module:
     The init draws from torch's CPU generator inside ``fork_rng``: the weights depend on the seed only
     (not on what ran before), and the caller's global RNG state is left as it was.
     """
+    if not timm.is_model(cfg.model):
+        from kdcache.errors import UsageError
+
+        close = timm.list_models(f"*{cfg.model.split('_')[0]}*")[:8]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise UsageError(
+            f'--student (train.model) {cfg.model!r} is not a timm model name{hint}; `python -c "import timm; '
+            f'print(timm.list_models())"` lists them'
+        )
     kwargs = {}
     # Only pass regularisers that are on: not every timm architecture accepts drop_path_rate.
     if cfg.drop_rate:

@@ -18,7 +18,7 @@ KEY_CHARS = 16  # 64 bits: collisions need ~4e9 caches under one root
 
 def identity(m: Manifest) -> dict[str, Any]:
     """The content-determining fields of a manifest (what the key is a digest of)."""
-    return {
+    ident = {
         "teacher": m.teacher.get("model") or m.teacher.get("id") or m.teacher["name"],
         "weights_sha256": m.teacher["weights_sha256"],
         "dataset_fingerprint": m.dataset["fingerprint"],
@@ -28,6 +28,11 @@ def identity(m: Manifest) -> dict[str, Any]:
         "image_size": m.image_size,
         "topk": m.topk,
     }
+    # The teacher's precision changes the soft labels. Caches written before it was recorded have
+    # none: they keep their key (and so their place in the registry), and no new build matches them.
+    if "precision" in m.teacher:
+        ident["precision"] = m.teacher["precision"]
+    return ident
 
 
 def cache_key(m: Manifest) -> str:

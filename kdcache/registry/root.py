@@ -22,4 +22,11 @@ def default_root() -> str:
 
 def cache_root(spec: str | None = None) -> Storage:
     """The registry root: a directory or an fsspec URL (s3://bucket/kdcache)."""
-    return open_storage(spec or default_root())
+    where = spec or default_root()
+    if "://" not in where and Path(where).exists() and not Path(where).is_dir():
+        from kdcache.errors import UsageError
+
+        raise UsageError(
+            f"the cache root {where} (--cache-root or ${ENV_VAR}) is a file: give a directory or an fsspec URL"
+        )
+    return open_storage(where)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from kdcache.errors import UsageError
 from kdcache.student.batch import TrainBatch, process_pairs, steps_per_epoch, train_batch_from_collated
 from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch
 from kdcache.views import PairDataset, ViewEngine, collate_pairs
@@ -69,13 +70,17 @@ class CacheBatchSource:
         self.with_topk = with_topk
         self.epochs = sorted(reader.epochs_complete)
         if not self.epochs:
-            raise ValueError(f"cache {reader.root} has no complete epoch yet; finish the build first")
+            raise UsageError(
+                f"cache {reader.root} has no complete epoch yet: finish its build first (run the same "
+                "`kdcache build` command again; it resumes)"
+            )
         self.num_slots = reader.manifest.num_slots
         self._steps = steps_per_epoch(self.num_slots, global_batch)
         if self._steps == 0:
-            raise ValueError(
-                f"global batch {global_batch} is larger than an epoch ({self.num_slots} views); "
-                "use a smaller --batch-size"
+            raise UsageError(
+                f"--batch-size {global_batch} (the global batch, over all processes) is larger than an epoch of "
+                f"this cache ({self.num_slots} views): pass --batch-size {self.num_slots} or "
+                "less (even), or build the cache from more images"
             )
         self._block = None
 

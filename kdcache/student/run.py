@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from kdcache.distributed import close_world, init_world
+from kdcache.errors import UsageError
 from kdcache.models.precision import amp_dtype
 from kdcache.recipe import Recipe, RecipeError, load_recipe
 from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch, open_replay, replay_sample
@@ -155,7 +156,10 @@ def val_label_map(val_classes: list[str], class_names: tuple[str, ...]) -> np.nd
     index = {n: i for i, n in enumerate(class_names)}
     missing = [c for c in val_classes if c not in index]
     if missing:
-        raise ValueError(f"validation class folder(s) unknown to the cache's classes: {', '.join(missing[:10])}")
+        raise UsageError(
+            f"--val-data: class folder(s) unknown to the cache's classes: {', '.join(missing[:10])}; "
+            "give a validation set with the training set's class folders"
+        )
     return np.asarray([index[c] for c in val_classes], dtype=np.int64)
 
 
@@ -181,9 +185,9 @@ def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | N
     from kdcache.teacher_cache.store import open_cache
 
     if args.cache is None:
-        raise ValueError("no cache given: resolve it first (kdcache.registry.lookup.resolve_train_cache)")
+        raise UsageError("no cache given: resolve it first (kdcache.registry.lookup.resolve_train_cache)")
     if args.kd not in ("cached", "online", "none"):
-        raise ValueError(f"--kd must be cached, online or none, got {args.kd!r}")
+        raise UsageError(f"--kd must be cached, online or none, got {args.kd!r}")
     world = init_world(args.device)
     try:
         reader = open_cache(args.cache)

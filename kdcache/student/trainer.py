@@ -31,7 +31,7 @@ from kdcache.student.checkpoint import (
     load_checkpoint,
     save_atomic,
 )
-from kdcache.student.ema import create_ema
+from kdcache.student.ema import create_ema, set_total_updates
 from kdcache.student.evaluate import EvalResult, evaluate
 from kdcache.student.loss import KDLoss, LossParts
 from kdcache.student.optim import create_optimizer
@@ -240,6 +240,7 @@ class Trainer:
         if steps < 1:
             raise TrainError("the batch source has no whole global batch per epoch: more data or a smaller batch")
         self.scheduler = create_scheduler(self.optimizer, cfg, steps)
+        set_total_updates(self.ema, steps * cfg.epochs)  # the seed's EMA ramp spans the whole run
         resumed = False
         if self.last_path.is_file():
             if not resume:

@@ -123,7 +123,7 @@ def prepare_build(cfg: BuildConfig) -> PreparedBuild:
     num_slots = num_slots_for(len(source))
     manifest = make_manifest(
         backend=cfg.format,
-        teacher=tinfo.to_dict(),
+        teacher={**tinfo.to_dict(), "precision": cfg.precision(model)},
         recipe=recipe.to_dict(),
         seed=cfg.seed,
         topk=cfg.topk,

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from kdcache.models.normalize import Normalize
+from kdcache.models.precision import TeacherForward
 from kdcache.teacher_cache.build.config import BuildConfig
 from kdcache.teacher_cache.store.topk import logits_to_topk
 
@@ -16,12 +17,14 @@ class TeacherRunner:
     def __init__(self, model: torch.nn.Module, mean, std, cfg: BuildConfig):
         self.device = torch.device(cfg.device)
         self.channels_last = cfg.use_channels_last()
-        self.amp = cfg.amp_dtype()
         self.k = cfg.topk
         model = model.to(self.device).eval()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = torch.compile(model) if cfg.compile else model
+        # Body under autocast, head in fp32 (TeacherForward): the precision the manifest records.
+        forward = TeacherForward(model, cfg.amp_dtype(), True, self.device.type)
+        self.precision = forward.precision
+        self.model = torch.compile(forward) if cfg.compile else forward
         self.normalize = Normalize(mean, std, self.channels_last).to(self.device)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -29,11 +32,7 @@ class TeacherRunner:
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(images)
-        if self.amp is not None:
-            with torch.autocast(self.device.type, dtype=self.amp):
-                return self.model(x).float()
-        return self.model(x).float()
+        return self.model(self.preprocess(images))
 
     def topk(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         lp, cls = logits_to_topk(self.logits(images), self.k)

@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1  # bump on any change a reader of the previous version would misread
 BACKENDS = ("zarr", "wds")
 TEACHER_KEYS = ("name", "weights_sha256", "mean", "std", "input_size", "interpolation", "num_classes")
+# teacher.precision (kdcache.models.precision.precision_name); absent in caches older than it: unknown.
+TEACHER_PRECISIONS = (
+    "fp32",
+    "fp16-autocast+fp32-head",
+    "bf16-autocast+fp32-head",
+    "fp16-autocast",
+    "bf16-autocast",
+)
 DATASET_KEYS = ("fingerprint", "num_samples")
 LIBRARIES = ("torch", "torchvision", "timm", "pillow", "numpy", "zarr")
 # Where the images and the teacher's weights file are: not content, may change between resumes.
@@ -179,6 +187,13 @@ def _set(m: Manifest, name: str, value: Any) -> None:
     object.__setattr__(m, name, value)  # normalising a frozen instance during construction
 
 
+def _need_precision(value: Any) -> None:
+    if need_str("teacher.precision", value) not in TEACHER_PRECISIONS:
+        raise ManifestError(
+            f"manifest field 'teacher.precision': expected one of {', '.join(TEACHER_PRECISIONS)}, got {value!r}"
+        )
+
+
 def _validate(m: Manifest) -> None:
     need_int("format_version", m.format_version, lo=1, hi=FORMAT_VERSION)
     need_str("kdcache_version", m.kdcache_version)
@@ -208,6 +223,8 @@ def _validate(m: Manifest) -> None:
     for i, v in enumerate(size if isinstance(size, list) else [size]):
         need_int(f"teacher.input_size[{i}]" if isinstance(size, list) else "teacher.input_size", v, lo=1)
     need_str("teacher.interpolation", teacher["interpolation"])
+    if "precision" in teacher:  # optional: caches written before it was recorded lack it (unknown)
+        _need_precision(teacher["precision"])
     if need_int("teacher.num_classes", teacher["num_classes"], lo=2) != num_classes:
         raise ManifestError(
             f"manifest field 'teacher.num_classes' ({teacher['num_classes']}) differs from "
