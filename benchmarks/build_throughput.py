@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             stats, b_wall, b_cpu, where = setup.build(out)
             if r == 0:
                 check = check_cache(out, batches, lp, cls, setup.class_dtype)
+            bottleneck = stats.bottleneck_report()  # the last round's, as `kdcache build` reports it
             shutil.rmtree(out, ignore_errors=True)
             rows.append(
                 {
@@ -333,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "(main process + workers; OpenMP spin-waits count as CPU, so this moves with other load too)"
     )
     print(f"teacher forward share of the build: {med['share']:.1%} (BuildStats.teacher_share, median)")
+    print(f"bottleneck (last round, BuildStats.bottleneck_report): {bottleneck}")
     print(
         "B lead = run_units start to first forward (worker start-up, first batch rendered); gaps = between "
         "forwards (waiting for views); tail = after the last forward (final unit write, worker shutdown); "

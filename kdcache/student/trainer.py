@@ -16,6 +16,7 @@ from timm.utils import dispatch_clip_grad
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from kdcache.bottleneck import FeedTimes
 from kdcache.distributed import World
 from kdcache.models.normalize import Normalize
 from kdcache.models.online_teacher import Teacher
@@ -86,6 +87,14 @@ class FitResult:
     averaged_epochs: list[int] = field(default_factory=list)
     out_dir: Path = Path()
     teacher_seconds: float = 0.0  # online mode: wall time of teacher forwards in this process and run
+    # This process and run: wall time of the training loops, and the part of it blocked waiting for
+    # the next batch (timm's train.py `Data` against `Time`); see kdcache.bottleneck.
+    train_seconds: float = 0.0
+    data_seconds: float = 0.0
+
+    @property
+    def feed(self) -> FeedTimes:
+        return FeedTimes(self.train_seconds, self.data_seconds, self.train_seconds - self.data_seconds)
 
 
 class Trainer:
@@ -130,6 +139,7 @@ class Trainer:
         self.device = torch.device(options.device)
         self.amp_dtype = amp_dtype(options.amp)
         self.teacher_seconds = 0.0  # wall time of online teacher forwards in this process
+        self.train_seconds = self.data_seconds = 0.0  # wall time of epoch loops, and waiting for batches
         self.out_dir = options.out_dir
 
         self.model = create_student(cfg, num_classes).to(self.device)
@@ -294,7 +304,15 @@ class Trainer:
 
     def _result(self, completed: bool, final: EvalResult | None = None, averaged: list[int] | None = None) -> FitResult:
         return FitResult(
-            completed, self.epoch, self.global_step, final, averaged or [], self.out_dir, self.teacher_seconds
+            completed,
+            self.epoch,
+            self.global_step,
+            final,
+            averaged or [],
+            self.out_dir,
+            self.teacher_seconds,
+            self.train_seconds,
+            self.data_seconds,
         )
 
     def _ema_state(self) -> dict[str, Any]:
@@ -363,15 +381,19 @@ class Trainer:
             leave=False,
         )
         t0 = time.perf_counter()
+        data_s = 0.0
         batches = iter(source.epoch_batches(epoch, start_step))
         try:
             for step in range(start_step, steps):
+                tw = time.perf_counter()
                 try:
                     batch = next(batches)
                 except StopIteration:
                     raise TrainError(
                         f"the batch source ended at step {step} of epoch {epoch}; it promised {steps} steps"
                     ) from None
+                # Blocked on the loader; the step after it ends in a device sync (the finite-loss check).
+                data_s += time.perf_counter() - tw
                 parts = self._step(batch, epoch, step)
                 run += 1
                 self.step_in_epoch = step + 1
@@ -382,7 +404,9 @@ class Trainer:
                     now = {k: float(v) for k, v in parts.detached().items()}
                     now["lr"] = self._lr()
                     log.scalars(now, self.global_step, prefix="step/")
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in now.items()})
+                    postfix = {k: f"{v:.4g}" for k, v in now.items()}
+                    postfix["data"] = f"{data_s / max(time.perf_counter() - t0, 1e-9):.0%}"
+                    bar.set_postfix(postfix)
                 if step + 1 < steps:
                     if stop_at_step is not None and self.global_step >= stop_at_step:
                         return None
@@ -391,6 +415,8 @@ class Trainer:
                         self._save_last()
         finally:
             bar.close()
+            self.train_seconds += time.perf_counter() - t0
+            self.data_seconds += data_s
         elapsed = time.perf_counter() - t0
         keys = sorted(sums)
         totals = self.dist.all_reduce_sum([*(sums[k] for k in keys), run], self.device)
@@ -400,6 +426,8 @@ class Trainer:
             "lr": self._lr(),
             "train": train,
             "img_per_s": run * self.cfg.global_batch / elapsed if elapsed > 0 else math.nan,
+            # Share of this process's epoch wall time spent waiting for views (high: data-bound).
+            "data_time_share": data_s / elapsed if elapsed > 0 else math.nan,
         }
 
     def _lr(self) -> float:

@@ -1,9 +1,11 @@
 """The teacher pass: render views, run the teacher, write top-k per work unit.
 
-Data path: DataLoader workers render uint8 views (pure function of (epoch, pair)); the main process
+Data path: DataLoader workers render whole batches of uint8 views (pure function of (epoch, pairs);
+each source image decoded once per batch, see ViewEngine.render_batch); the main process
 moves them to the device, normalises with the teacher's own mean/std, runs the teacher in inference
 mode, takes log-softmax + top-k on the device, and hands each finished work unit to a writer
-thread, so disk I/O overlaps the next forward passes.
+thread, so disk I/O overlaps the next forward passes. The loop times how long the teacher waited for
+views and how long it worked, and says which side is the bottleneck (kdcache.bottleneck).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from kdcache.bottleneck import TEACHER_REMEDY, FeedTimes, feed_report
 from kdcache.distributed import World
 from kdcache.teacher_cache.build.assembler import UnitAssembler
 from kdcache.teacher_cache.build.config import BuildConfig
 from kdcache.teacher_cache.build.runner import TeacherRunner
 from kdcache.teacher_cache.build.schedule import Unit, unit_batches
-from kdcache.views import RenderedPair, ViewEngine, collate_pairs
+from kdcache.views import ViewEngine, keep_collated
+
+REPORT_EVERY = 10  # batches between updates of the bottleneck shares on the progress bar
+LOG_EVERY = 200  # batches between bottleneck log lines when there is no progress bar
 
 # After this many batches the main rank prints its measured rate and the time the rest will take
 # (the first batches include worker start-up, so the estimate errs long rather than short).
@@ -35,19 +41,22 @@ def eta_line(views_done: int, seconds: float, views_left: int) -> str:
     return f"teacher: {rate:.1f} views/s, {eta} for the remaining {views_left:,} views of this rank"
 
 
-class BuildItems(Dataset):
-    """Item i renders pair items[i] = (epoch, pair)."""
+class BuildBatches(Dataset):
+    """Item i is batch i of the schedule, rendered and collated: ``batches[i]`` = (epoch, pairs).
 
-    def __init__(self, engine: ViewEngine, items: np.ndarray):
+    A batch never crosses a unit, so never an epoch; render_batch equals collate_pairs over the
+    per-pair renders view for view, so the bytes written do not depend on this grouping."""
+
+    def __init__(self, engine: ViewEngine, batches: list[tuple[int, np.ndarray]]):
         self.engine = engine
-        self.items = items
+        self.batches = batches
 
     def __len__(self) -> int:
-        return int(self.items.shape[0])
+        return len(self.batches)
 
-    def __getitem__(self, i: int) -> RenderedPair:
-        epoch, pair = (int(x) for x in self.items[i])
-        return self.engine.render_pair(epoch, pair)
+    def __getitem__(self, i: int) -> dict[str, object]:
+        epoch, pairs = self.batches[i]
+        return self.engine.render_batch(epoch, pairs)
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,9 @@ class BuildStats:
     views: int
     units: int
     seconds: float
-    teacher_seconds: float
+    teacher_seconds: float  # in the forward + device sync (runner.topk)
+    wait_seconds: float = 0.0  # blocked in the DataLoader's next(): the teacher waited for views
+    workers: int = 0
 
     @property
     def views_per_s(self) -> float:
@@ -64,6 +75,13 @@ class BuildStats:
     @property
     def teacher_share(self) -> float:
         return self.teacher_seconds / self.seconds if self.seconds else 0.0
+
+    @property
+    def feed(self) -> FeedTimes:
+        return FeedTimes(self.seconds, self.wait_seconds, self.teacher_seconds)
+
+    def bottleneck_report(self) -> str:
+        return feed_report(self.feed, self.workers, "teacher", TEACHER_REMEDY)
 
 
 def run_units(
@@ -78,14 +96,15 @@ def run_units(
     """Render, run the teacher and write every unit in ``units`` (this rank's pending ones)."""
     t0 = time.perf_counter()
     if not units:
-        return BuildStats(0, 0, 0.0, 0.0)
+        return BuildStats(0, 0, 0.0, 0.0, workers=cfg.workers)
     items, batches = unit_batches(units, cfg.batch_size)
     unit_of_item = np.repeat(np.arange(len(units)), [u.size // 2 for u in units])
     loader = DataLoader(
-        BuildItems(engine, items),
-        batch_sampler=batches,
+        BuildBatches(engine, [(int(items[b[0], 0]), items[b, 1]) for b in batches]),
+        batch_size=None,
         num_workers=cfg.workers,
-        collate_fn=collate_pairs,
+        collate_fn=keep_collated,
+        # Pins the dict's tensors (the images) so runner.preprocess copies them with non_blocking=True.
         pin_memory=cfg.device.startswith("cuda"),
         persistent_workers=False,
         prefetch_factor=4 if cfg.workers else None,
@@ -100,15 +119,20 @@ def run_units(
         dynamic_ncols=True,
         smoothing=0.05,
     )
-    teacher_s = 0.0
+    teacher_s = wait_s = 0.0
     pending: list[Future] = []
     done_units = 0
     views_done = 0
+    shares: dict[str, str] = {}
+    batches_iter = iter(loader)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdcache-writer") as pool:
-        for n_batch, (batch_idx, batch) in enumerate(zip(batches, loader, strict=True), start=1):
-            unit = units[int(unit_of_item[batch_idx[0]])]
+        for n, batch_idx in enumerate(batches, 1):
+            tw = time.perf_counter()
+            batch = next(batches_iter)  # blocks while the workers have no batch ready
             ts = time.perf_counter()
-            lp, cls = runner.topk(batch["images"])
+            wait_s += ts - tw
+            unit = units[int(unit_of_item[batch_idx[0]])]
+            lp, cls = runner.topk(batch["images"])  # .cpu() of the result syncs the device
             teacher_s += time.perf_counter() - ts
             arrays = assembler.add(unit, batch, lp, cls.astype(class_dtype))
             if arrays is not None:
@@ -119,11 +143,17 @@ def run_units(
                     pending.pop(0).result()
             bar.update(len(batch["slots"]))
             views_done += len(batch["slots"])
-            if n_batch == ESTIMATE_AFTER_BATCHES and world.is_main and views_done < total:
+            if n == ESTIMATE_AFTER_BATCHES and world.is_main and views_done < total:
                 line = eta_line(views_done, time.perf_counter() - t0, total - views_done)
                 tqdm.write(line, file=sys.stderr)
-            bar.set_postfix(units=f"{done_units}/{len(units)}", refresh=False)
+            if n % REPORT_EVERY == 0 or n == len(batches):
+                feed = FeedTimes(time.perf_counter() - t0, wait_s, teacher_s)
+                shares = {"wait views": f"{feed.wait_share:.0%}", "teacher": f"{feed.work_share:.0%}"}
+                if not cfg.progress and n % LOG_EVERY == 0:  # no bar to read: a log line now and then
+                    report = feed_report(feed, cfg.workers, "teacher", TEACHER_REMEDY)
+                    print(f"build: {n}/{len(batches)} batches; {report}", file=sys.stderr, flush=True)
+            bar.set_postfix({"units": f"{done_units}/{len(units)}", **shares}, refresh=False)
         for f in pending:
             f.result()
     bar.close()
-    return BuildStats(total, len(units), time.perf_counter() - t0, teacher_s)
+    return BuildStats(total, len(units), time.perf_counter() - t0, teacher_s, wait_s, cfg.workers)

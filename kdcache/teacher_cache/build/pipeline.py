@@ -83,7 +83,7 @@ class BuildResult:
     # "new" (nothing was there), "resumed" (some planned units were already committed), "extended" (more
     # epochs than the existing cache planned), or "complete" (every unit was already there).
     outcome: str
-    stats: BuildStats  # this rank's views, units, wall and teacher seconds
+    stats: BuildStats  # this rank's views, units, wall, teacher and wait-for-views seconds
     skipped_units: int  # this rank's units that were already committed
     world_size: int
     epochs_complete: tuple[int, ...]
@@ -101,6 +101,7 @@ class BuildResult:
             f"  this run       {s.views} views in {s.seconds:.1f} s = {s.views_per_s:.1f} views/s"
             f" (rank 0 of {self.world_size}); teacher forward {s.teacher_seconds:.1f} s, "
             f"{100 * s.teacher_share:.0f}% of the time",
+            f"  bottleneck     {s.bottleneck_report()}" if s.units else "",
             f"  resumed        {self.skipped_units} unit(s) of rank 0 were already complete"
             if self.skipped_units and s.units
             else "",
