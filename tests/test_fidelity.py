@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from build_helpers import cache_info, run_cli, three_class_setup, tiny_build
+
 from kdcache.student.run import check_temperature
 from kdcache.teacher_cache.store.fidelity import FidelityStats, topk_fidelity
 from kdcache.teacher_cache.store.topk import logits_to_topk
