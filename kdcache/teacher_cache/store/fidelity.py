@@ -48,6 +48,7 @@ def _bin(name: str, values: np.ndarray) -> np.ndarray:
         return np.clip(np.ceil(v * _OUT_BINS).astype(np.int64) - 1, 0, _OUT_BINS - 1)
     with np.errstate(divide="ignore"):
         pos = (np.log10(np.maximum(v, 0.0)) - _KL_LO) * _KL_PER_DECADE
+    pos = np.clip(np.nan_to_num(pos, nan=0.0, neginf=0.0), 0.0, float(_KL_BINS))  # KL 0 -> bin 0; castable
     # bin 0: v < 1e-4 (and 0); bin i >= 1: (edge(i-1), edge(i)]; last: >= 1e2
     return np.clip(np.ceil(pos).astype(np.int64), 0, _KL_BINS - 1)
 
