@@ -38,6 +38,7 @@ def info(cache: str, as_json: bool, no_hash: bool) -> None:
 
 def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
     from kdcache.teacher_cache.store import content_hash
+    from kdcache.teacher_cache.store.fidelity import read_summary
     from kdcache.views.coverage import coverage
 
     m = reader.manifest
@@ -70,6 +71,8 @@ def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
         "views": views,
         "bytes_on_disk": size,
         "bytes_per_view": round(size / views, 2) if views else None,
+        # measured by the build (fidelity.json, bookkeeping outside the content hash); None before it existed
+        "fidelity": read_summary(reader.storage),
         "content_hash": hashed,
         "content_digest": hashed,  # its name before 0.2 (a view's digest is another thing); kept for scripts
         "created": m.created,
@@ -90,6 +93,8 @@ def epoch_ranges(epochs: list[int]) -> str:
 
 
 def _text(cache: Path, s: dict[str, Any]) -> str:
+    from kdcache.teacher_cache.store.fidelity import format_summary
+
     t = s["teacher"]
     status = "finished" if s["finished"] else "build in progress or interrupted (rerun `kdcache build` to resume)"
     per_view = f"{s['bytes_per_view']:.1f} B/view" if s["bytes_per_view"] is not None else "no views yet"
@@ -99,6 +104,7 @@ def _text(cache: Path, s: dict[str, Any]) -> str:
         ("dataset", f"{s['num_samples']} samples, {s['dataset'].get('source') or 'source not recorded'}"),
         ("views", f"{s['image_size']}px, recipe {s['recipe']}, seed {s['seed']}, repeats x{s['repeats']}"),
         ("soft labels", f"top-{s['topk']} of {s['num_classes']} classes (fp16 log-probs)"),
+        ("fidelity", format_summary(s["fidelity"], s["views"])),
         (
             "epochs",
             f"complete: {epoch_ranges(s['epochs_complete'])} ({len(s['epochs_complete'])} of "

@@ -103,9 +103,9 @@ def _grid(views: list[np.ndarray], pad: int = 2) -> np.ndarray:
     n = len(views)
     cols = 2 * max(1, math.ceil(math.sqrt(n) / 2))  # even, so mixing pairs sit side by side
     rows = math.ceil(n / cols)
-    s = views[0].shape[0]
-    grid = np.full((rows * (s + pad) + pad, cols * (s + pad) + pad, 3), 255, dtype=np.uint8)
+    h, w = views[0].shape[:2]  # equal tiles; not square for `kdcache show --out` (caption below)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
     for i, v in enumerate(views):
         r, c = divmod(i, cols)
-        grid[pad + r * (s + pad) : pad + r * (s + pad) + s, pad + c * (s + pad) : pad + c * (s + pad) + s] = v
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = v
     return grid

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,8 +19,18 @@ from kdcache.cli.common import fail_cleanly, parse_slots
 @click.option("--slots", default="0:8", show_default=True, help="Half-open slot range A:B of the epoch.")
 @click.option("--data", help="Where the images are now, to show sample paths (default: the recorded source).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per view.")
+@click.option(
+    "--dense",
+    is_flag=True,
+    help='Add each view\'s full distribution as `train` uses it ("probs", one value per class) to --json.',
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also draw the views (re-rendered from their stored params) with the teacher's top-3 into this PNG.",
+)
 @fail_cleanly
-def show(cache: str, epoch: int, slots: str, data: str | None, as_json: bool) -> None:
+def show(cache: str, epoch: int, slots: str, data: str | None, as_json: bool, dense: bool, out: Path | None) -> None:
     """Print what CACHE stores for slots A:B of an epoch: sample, repeat, view params, digest and the
     teacher's top-k classes with probabilities."""
     from kdcache.registry.lookup import resolve_cache_arg
@@ -35,13 +47,89 @@ def show(cache: str, epoch: int, slots: str, data: str | None, as_json: bool) ->
         raise click.BadParameter(
             f"the cache has epochs 0..{m.epochs_planned - 1} (complete: {done}); got {epoch}", param_hint="--epoch"
         )
+    if out is not None and (a % 2 or b % 2):  # a pair renders from both its stored records
+        raise click.BadParameter(
+            "--out draws whole mixing pairs: start and end the range at even slots", param_hint="--slots"
+        )
+    if dense and not as_json:
+        raise click.BadParameter("--dense adds to the JSON output: pass --json too", param_hint="--dense")
     names = _sample_names(m, data)
+    drawn: list[tuple[int, np.ndarray, dict[str, Any]]] = []  # (slot, stored record, view) for --out
     for u in range(a // m.unit_size, (b - 1) // m.unit_size + 1):
         start = unit_slots(m, u)[0]
         rows = reader.read_unit(epoch, u)
-        for slot in range(max(a, start), min(b, start + rows.num_views)):
+        lo, hi = max(a, start), min(b, start + rows.num_views)
+        probs = (
+            training_targets(
+                rows.topk_logprob[lo - start : hi - start], rows.topk_class[lo - start : hi - start], m.num_classes
+            )
+            if dense
+            else None
+        )
+        for slot in range(lo, hi):
             view = describe_view(m, epoch, slot, rows, slot - start, names)
+            if probs is not None:
+                view["probs"] = probs[slot - lo].tolist()
             click.echo(json.dumps(view) if as_json else _text(view))
+            if out is not None:
+                drawn.append((slot, rows.params[slot - start], view))
+    if out is not None:
+        draw_views(m, epoch, drawn, data, out)
+        click.echo(f"wrote {out} ({len(drawn)} views)", err=True)
+
+
+def training_targets(topk_logprob: np.ndarray, topk_class: np.ndarray, num_classes: int) -> np.ndarray:
+    """float32 (V, C): the distribution `train` uses for these rows, by the trainer's own code."""
+    import torch
+
+    from kdcache.student.targets import TeacherTarget
+
+    target = TeacherTarget.from_topk(torch.from_numpy(topk_logprob), torch.from_numpy(topk_class), num_classes)
+    return target.log_probs.exp().numpy()
+
+
+CAPTION_LINES = 4  # top-3 classes + the mass outside the stored top-k
+LINE_HEIGHT = 12
+MIN_TILE = 160  # small views are enlarged (nearest) so that the captions fit
+
+
+def tile_size(image_size: int) -> tuple[int, int]:
+    """(height, width) of one annotated view in the --out grid."""
+    side = image_size * math.ceil(MIN_TILE / image_size)
+    return side + CAPTION_LINES * LINE_HEIGHT + 4, side
+
+
+def draw_views(
+    m: Any, epoch: int, views: list[tuple[int, np.ndarray, dict[str, Any]]], data: str | None, out: Path
+) -> None:
+    """Re-render each view from its stored record (the pixels the teacher saw) and caption it."""
+    from PIL import Image, ImageDraw
+
+    from kdcache.cli.preview import _grid
+    from kdcache.teacher_cache.replay import open_replay
+
+    if not views:
+        raise click.ClickException("no views in the slot range to draw")
+    engine = open_replay(m, data)
+    by_pair: dict[int, np.ndarray] = {}
+    tiles = []
+    h, w = tile_size(m.image_size)
+    for slot, _, view in views:
+        pair = slot // 2
+        if pair not in by_pair:  # both views of a pair render together, from the pair's two stored records
+            records = np.stack([r for s, r, _ in views if s // 2 == pair])
+            by_pair[pair] = engine.render_pair(epoch, pair, records).images
+        img = Image.fromarray(by_pair[pair][slot % 2]).resize((w, w), Image.NEAREST)
+        tile = Image.new("RGB", (w, h), "white")
+        tile.paste(img, (0, 0))
+        d = ImageDraw.Draw(tile)
+        lines = [f"{t['name'][:24]} {t['prob']:.3f}" for t in view["topk"][:3]]
+        lines.append(f"outside top-{len(view['topk'])}: {view['other_mass']:.3f}")
+        for i, line in enumerate(lines):
+            d.text((2, w + 2 + i * LINE_HEIGHT), line, fill="black")
+        tiles.append(np.asarray(tile))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_grid(tiles)).save(out)
 
 
 def describe_view(m: Any, epoch: int, slot: int, rows: Any, i: int, names: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from kdcache.errors import UsageError
 from kdcache.models.precision import amp_dtype
 from kdcache.recipe import Recipe, RecipeError, load_recipe
 from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch, open_replay, replay_sample
+from kdcache.teacher_cache.store.fidelity import format_summary, read_summary
 
 log = logging.getLogger("kdcache.train")
 
@@ -174,6 +175,22 @@ class _MappedVal:
             yield images, self.mapping[labels]
 
 
+def check_temperature(kd: str, temperature: float, topk: int, num_classes: int) -> None:
+    """Refuse cached KD at T != 1 from a partial top-k.
+
+    The leftover mass is spread evenly over the unstored classes. At T = 1 that is the reconstruction
+    the build measures (fidelity.json); at T != 1, softmax(log q / T) sharpens or flattens a tail whose
+    shape was never stored, so it is not the teacher's softmax(z / T) and nothing measured it.
+    """
+    if kd == "cached" and temperature != 1.0 and topk < num_classes:
+        raise UsageError(
+            f"train.temperature is {temperature:g} but the cache stores only the top-{topk} of {num_classes} "
+            "classes: the even spread of the leftover mass is only the teacher's distribution at temperature 1. "
+            "Train at temperature 1, use --kd online, or build a cache with --topk "
+            f"{num_classes} (every class)."
+        )
+
+
 def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | None] | None = None):
     """Train; ``recorded_build_command(cache)`` (the CLI passes the registry's) gives the command that
     built a cache, used to say how to extend it."""
@@ -194,12 +211,14 @@ def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | N
         m = reader.manifest
         recipe = resolve_recipe(args, m.recipe)
         recipe.train.per_process_batch(world.size)  # refuses odd or indivisible batches up front
+        check_temperature(args.kd, recipe.train.temperature, m.topk, m.num_classes)
         engine = open_replay(m, args.data)
         epochs = sorted(reader.epochs_complete)
         info = [
             f"cache {args.cache}: {len(epochs)} complete epoch(s), {m.num_slots} views each, teacher "
             f"{m.teacher.get('name', m.teacher['id'])}"
         ]
+        info.append(f"soft labels: top-{m.topk} of {m.num_classes}; {format_summary(read_summary(reader.storage))}")
         if recipe.train.epochs > len(epochs):
             from kdcache.views.coverage import coverage
 

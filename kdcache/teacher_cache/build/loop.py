@@ -25,6 +25,7 @@ from kdcache.teacher_cache.build.assembler import UnitAssembler
 from kdcache.teacher_cache.build.config import BuildConfig
 from kdcache.teacher_cache.build.runner import TeacherRunner
 from kdcache.teacher_cache.build.schedule import Unit, unit_batches
+from kdcache.teacher_cache.store.fidelity import FidelityStats
 from kdcache.views import ViewEngine, keep_collated
 
 REPORT_EVERY = 10  # batches between updates of the bottleneck shares on the progress bar
@@ -92,6 +93,7 @@ def run_units(
     class_dtype: np.dtype,
     cfg: BuildConfig,
     world: World,
+    write_stats=None,  # (epoch, unit_index, FidelityStats) -> None, after the unit's write; None: not measured
 ) -> BuildStats:
     """Render, run the teacher and write every unit in ``units`` (this rank's pending ones)."""
     t0 = time.perf_counter()
@@ -120,6 +122,7 @@ def run_units(
         smoothing=0.05,
     )
     teacher_s = wait_s = 0.0
+    fidelity: dict[tuple[int, int], FidelityStats] = {}
     pending: list[Future] = []
     done_units = 0
     views_done = 0
@@ -132,14 +135,23 @@ def run_units(
             ts = time.perf_counter()
             wait_s += ts - tw
             unit = units[int(unit_of_item[batch_idx[0]])]
-            lp, cls = runner.topk(batch["images"])  # .cpu() of the result syncs the device
+            # .cpu() of the results syncs the device, so the clock holds the forward
+            if write_stats is None:
+                lp, cls = runner.topk(batch["images"])
+            else:
+                lp, cls, outside, kl = runner.topk_and_fidelity(batch["images"])
+                # batches never cross a unit boundary, so the unit's figures are complete with its rows
+                fidelity.setdefault((unit.epoch, unit.index), FidelityStats()).add(outside, kl)
             teacher_s += time.perf_counter() - ts
             arrays = assembler.add(unit, batch, lp, cls.astype(class_dtype))
             if arrays is not None:
                 pending.append(pool.submit(write_unit, unit.epoch, unit.index, arrays))
+                if write_stats is not None:  # after the commit: figures never describe an uncommitted unit
+                    unit_stats = fidelity.pop((unit.epoch, unit.index))
+                    pending.append(pool.submit(write_stats, unit.epoch, unit.index, unit_stats))
                 done_units += 1
                 # Bound memory: at most two units waiting on the writer; surface write errors early.
-                while len(pending) > 2:
+                while len(pending) > (2 if write_stats is None else 4):
                     pending.pop(0).result()
             bar.update(len(batch["slots"]))
             views_done += len(batch["slots"])

@@ -32,6 +32,7 @@ from kdcache.teacher_cache.store import (
     open_cache,
     read_manifest,
 )
+from kdcache.teacher_cache.store.fidelity import format_summary, merge_unit_stats, write_summary, write_unit_stats
 from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
 from kdcache.views import ViewEngine
 from kdcache.views.plan import num_slots_for
@@ -90,6 +91,8 @@ class BuildResult:
     epochs_planned: int
     views: int  # committed views in the whole cache
     bytes_on_disk: int
+    # soft-label fidelity over the cache's measured views (store/fidelity.py FidelityStats.summary); None: none
+    fidelity: dict | None = None
 
     def summary(self, teacher: str) -> str:
         """The build's closing report, one aligned line per fact."""
@@ -110,6 +113,7 @@ class BuildResult:
             else "",
             f"  cache          {self.views} views, {self.bytes_on_disk / 1e6:.2f} MB, "
             f"{self.bytes_on_disk / max(self.views, 1):.1f} B/view",
+            f"  soft labels    {format_summary(self.fidelity, self.views)}",
         ]
         return "\n".join(line for line in lines if line)
 
@@ -186,12 +190,21 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
         if world.is_main:
             print(plan_line(out, manifest, cfg, completed, world.size), file=sys.stderr, flush=True)
         runner = TeacherRunner(prep.model, prep.teacher.mean, prep.teacher.std, cfg)
-        stats = run_units(prep.engine, runner, pending, write, class_dtype(manifest.num_classes), cfg, world)
+        storage = writer.storage
+
+        def write_stats(epoch, unit, unit_stats):
+            write_unit_stats(storage, epoch, unit, unit_stats)
+
+        dtype = class_dtype(manifest.num_classes)
+        stats = run_units(prep.engine, runner, pending, write, dtype, cfg, world, write_stats=write_stats)
         world.barrier()
         if not world.is_main:
             return None
         final = writer.finalize()
         reader = open_cache(out)
+        # Bookkeeping after the manifest: merged over every committed unit, whichever run measured it.
+        merged = merge_unit_stats(storage, reader.completed_units())
+        fidelity = write_summary(storage, merged, manifest.topk, manifest.num_classes)
         return BuildResult(
             out=reader.storage.absolute(),
             backend=final.backend,
@@ -203,6 +216,7 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
             epochs_planned=final.epochs_planned,
             views=reader.num_views(),
             bytes_on_disk=reader.bytes_on_disk(),
+            fidelity=fidelity,
         )
     return None
 

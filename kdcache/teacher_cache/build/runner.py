@@ -8,6 +8,7 @@ import torch
 from kdcache.models.normalize import Normalize
 from kdcache.models.precision import TeacherForward
 from kdcache.teacher_cache.build.config import BuildConfig
+from kdcache.teacher_cache.store.fidelity import topk_fidelity
 from kdcache.teacher_cache.store.topk import logits_to_topk
 
 
@@ -37,3 +38,12 @@ class TeacherRunner:
     def topk(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         lp, cls = logits_to_topk(self.logits(images), self.k)
         return lp.cpu().numpy(), cls.cpu().numpy()
+
+    def topk_and_fidelity(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`topk` plus each view's mass outside the top-k and reconstruction KL (store/fidelity.py),
+        computed on the device from the full logits: two floats per view come back, not C."""
+        logits = self.logits(images)
+        lp, cls = logits_to_topk(logits, self.k)
+        with torch.inference_mode():
+            outside, kl = topk_fidelity(logits, lp, cls)
+        return lp.cpu().numpy(), cls.cpu().numpy(), outside.cpu().numpy(), kl.cpu().numpy()

