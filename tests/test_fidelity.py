@@ -134,3 +134,17 @@ def test_content_hash_ignores_fidelity(tmp_path):
     after = cache_info(out)
     assert after["content_hash"] == before and after["fidelity"] is None
     assert "not recorded" in run_cli("info", str(out), "--no-hash").stdout
+
+
+def test_quantiles_never_exceed_the_largest_value():
+    """k = C stores every class: the mass outside is exactly 0 for every view, and so are its quantiles
+    (a bin's upper edge alone would report 0.005)."""
+    from kdcache.teacher_cache.store.fidelity import FidelityStats
+
+    s = FidelityStats()
+    s.add(np.zeros(50), np.full(50, 2e-4))
+    half = FidelityStats.from_json(s.to_json())
+    s.merge(half)
+    summary = s.summary()
+    assert summary["outside"] == {"mean": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0}
+    assert all(summary["kl"][f"p{q}"] <= 2e-4 + 1e-12 for q in (50, 90, 99))

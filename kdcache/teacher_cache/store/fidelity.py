@@ -67,6 +67,8 @@ class FidelityStats:
 
     views: int = 0
     sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STATS, 0.0))
+    # exact maxima: a quantile never exceeds them (for k = C every view's mass outside is exactly 0)
+    maxima: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STATS, 0.0))
     counts: dict[str, np.ndarray] = field(
         default_factory=lambda: {
             "outside": np.zeros(_OUT_BINS, np.int64),
@@ -79,6 +81,8 @@ class FidelityStats:
         for name, v in (("outside", outside), ("kl", kl)):
             v = np.asarray(v, dtype=np.float64).reshape(-1)
             self.sums[name] += float(v.sum())
+            if v.size:
+                self.maxima[name] = max(self.maxima[name], float(v.max()))
             self.counts[name] += np.bincount(_bin(name, v), minlength=len(self.counts[name]))
         self.views += int(np.asarray(outside).size)
 
@@ -86,18 +90,19 @@ class FidelityStats:
         self.views += other.views
         for name in STATS:
             self.sums[name] += other.sums[name]
+            self.maxima[name] = max(self.maxima[name], other.maxima[name])
             self.counts[name] += other.counts[name]
 
     def mean(self, name: str) -> float | None:
         return self.sums[name] / self.views if self.views else None
 
     def quantile(self, name: str, q: float) -> float | None:
-        """Upper bound (within one bin) of the q-th percentile."""
+        """Upper bound (within one bin, and never above the largest value) of the q-th percentile."""
         if not self.views:
             return None
         cum = np.cumsum(self.counts[name])
         rank = max(1, math.ceil(q / 100 * self.views - 1e-9))  # 1-based rank of the percentile's view
-        return _upper_edge(name, int(np.searchsorted(cum, rank, side="left")))
+        return min(_upper_edge(name, int(np.searchsorted(cum, rank, side="left"))), self.maxima[name])
 
     def summary(self) -> dict[str, Any]:
         """{"views": n, "outside": {"mean", "p50", "p90", "p99"}, "kl": {...}} (None when no views)."""
@@ -112,6 +117,7 @@ class FidelityStats:
         doc = {
             "views": self.views,
             "sums": self.sums,
+            "maxima": self.maxima,
             # sparse: {bin: count}, so a unit's object stays small
             "counts": {n: {str(int(i)): int(c[i]) for i in np.flatnonzero(c)} for n, c in self.counts.items()},
         }
@@ -124,6 +130,7 @@ class FidelityStats:
         s.views = int(doc["views"])
         for name in STATS:
             s.sums[name] = float(doc["sums"][name])
+            s.maxima[name] = float(doc.get("maxima", {}).get(name, math.inf))
             for i, c in doc["counts"][name].items():
                 s.counts[name][int(i)] = int(c)
         return s
