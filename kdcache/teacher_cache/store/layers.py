@@ -53,3 +53,30 @@ def layer_storage(cache: Storage, layer: str) -> Storage:
 def layer_ids(cache: Storage) -> list[str]:
     """Ids of the layers beyond the first, sorted (finished or not)."""
     return sorted(n for n in cache.listdir(LAYERS_DIR) if not n.startswith("."))
+
+
+def parse_teacher_spec(text: str) -> list[tuple[str, float]]:
+    """``T1``, ``T1,T2`` or ``T1:0.7,T2:0.3`` -> [(name, weight)], weights normalised to sum to 1
+    (equal when none is given). Names are teacher names as typed at build time."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"--teacher {text!r}: expected NAME, NAME,NAME or NAME:WEIGHT,NAME:WEIGHT")
+    named: list[tuple[str, float | None]] = []
+    for p in parts:
+        name, sep, w = p.rpartition(":") if ":" in p else (p, "", "")
+        try:
+            weight = float(w) if sep else None
+        except ValueError:
+            raise ValueError(f"--teacher {text!r}: the weight of {name!r} is not a number ({w!r})") from None
+        if weight is not None and not weight > 0:
+            raise ValueError(f"--teacher {text!r}: weights must be > 0, got {weight:g} for {name!r}")
+        named.append((name, weight))
+    names = [n for n, _ in named]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--teacher {text!r} names a teacher twice")
+    given = [w for _, w in named if w is not None]
+    if given and len(given) != len(named):
+        raise ValueError(f"--teacher {text!r}: give a weight to every teacher or to none")
+    weights = given if given else [1.0] * len(named)
+    total = sum(weights)
+    return [(n, w / total) for n, w in zip(names, weights, strict=True)]
