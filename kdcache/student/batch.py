@@ -34,6 +34,10 @@ class TrainBatch:
     topk_logprob: torch.Tensor | None = None  # float16 (B, k): teacher log-probs at T=1 (cached mode)
     topk_class: torch.Tensor | None = None  # int16 / int32 / int64 (B, k): their class ids
     slots: torch.Tensor | None = None  # int64 (B,): epoch slots, for diagnostics
+    # Several teachers (cache layers): the top-k columns are the layers' rows side by side, and this gives
+    # each layer's (k, weight) in column order; the target is the weighted mean of their distributions.
+    # None: one teacher, all k columns (as before layers existed).
+    topk_layers: tuple[tuple[int, float], ...] | None = None
 
     def __post_init__(self) -> None:
         im = self.images
@@ -57,6 +61,17 @@ class TrainBatch:
                 raise BatchError(
                     f"top-k dtypes must be float16 log-probs and integer classes, got {lp.dtype}, {cl.dtype}"
                 )
+        if self.topk_layers is not None:
+            if self.topk_logprob is None:
+                raise BatchError("topk_layers describes top-k columns, but the batch has no top-k")
+            widths = [w for w, _ in self.topk_layers]
+            if min(widths) < 1 or sum(widths) != self.topk_logprob.shape[1]:
+                raise BatchError(
+                    f"topk_layers widths {widths} must be >= 1 and add up to the {self.topk_logprob.shape[1]} "
+                    "top-k columns"
+                )
+            if not all(wt > 0 for _, wt in self.topk_layers):
+                raise BatchError(f"topk_layers weights must be > 0, got {[wt for _, wt in self.topk_layers]}")
         if self.slots is not None and tuple(self.slots.shape) != (b,):
             raise BatchError(f"slots must be ({b},), got {tuple(self.slots.shape)}")
 
@@ -69,8 +84,9 @@ class TrainBatch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TrainBatch:
         moved = {
-            f.name: (None if (v := getattr(self, f.name)) is None else v.to(device, non_blocking=non_blocking))
+            f.name: v.to(device, non_blocking=non_blocking)
             for f in fields(self)
+            if isinstance(v := getattr(self, f.name), torch.Tensor)
         }
         return replace(self, **moved)
 
@@ -152,9 +168,11 @@ def train_batch_from_collated(
     image_size: int,
     topk_logprob: np.ndarray | torch.Tensor | None = None,
     topk_class: np.ndarray | torch.Tensor | None = None,
+    topk_layers: tuple[tuple[int, float], ...] | None = None,
 ) -> TrainBatch:
     """Adapt :func:`kdcache.views.engine.collate_pairs` output (+ the cache's top-k rows for the same
-    slots, in the same order) to a :class:`TrainBatch`."""
+    slots, in the same order; several teachers' side by side, as ``topk_layers`` says) to a
+    :class:`TrainBatch`."""
     slots = np.asarray(collated["slots"], dtype=np.int64)
     if slots.size % 2 or np.any(slots[0::2] % 2) or np.any(slots[1::2] != slots[0::2] + 1):
         raise BatchError("collated views are not whole pairs in slot order")
@@ -176,4 +194,5 @@ def train_batch_from_collated(
         topk_logprob=t(topk_logprob),
         topk_class=t(topk_class),
         slots=torch.from_numpy(slots),
+        topk_layers=topk_layers,
     )

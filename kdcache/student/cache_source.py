@@ -3,7 +3,8 @@ top-k soft labels are loaded into memory once per epoch and indexed by slot."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,8 +61,13 @@ class CacheBatchSource:
         world_size: int = 1,
         workers: int = 2,
         with_topk: bool = True,
+        teachers: Sequence[tuple[Any, float]] | None = None,
     ):
+        """``teachers``: (layer reader, weight) of each chosen teacher (kdcache.student.teachers); None:
+        the cache's own soft labels alone, exactly as a cache without layers. The views always come
+        from ``reader``; epochs are those complete in the cache and in every chosen layer."""
         self.reader = reader
+        self.teachers = None if teachers is None else tuple((r, float(w)) for r, w in teachers)
         self.engine = engine
         self.to_teacher = np.asarray(to_teacher, dtype=np.int64)
         self.global_batch = global_batch
@@ -74,6 +80,13 @@ class CacheBatchSource:
                 f"cache {reader.root} has no complete epoch yet: finish its build first (run the same "
                 "`kdcache build` command again; it resumes)"
             )
+        if self.teachers is not None:
+            self.epochs = sorted(set(self.epochs).intersection(*(r.epochs_complete for r, _ in self.teachers)))
+            if not self.epochs:
+                raise UsageError(
+                    f"the chosen teachers of cache {reader.root} have no complete epoch in common: finish "
+                    "adding a teacher first (run its `kdcache build --teacher T --out CACHE` again; it resumes)"
+                )
         self.num_slots = reader.manifest.num_slots
         self._steps = steps_per_epoch(self.num_slots, global_batch)
         if self._steps == 0:
@@ -83,6 +96,7 @@ class CacheBatchSource:
                 "less (even), or build the cache from more images"
             )
         self._block = None
+        self._labels: list[Any] = []  # the chosen layers' blocks of self._block's epoch
 
     @property
     def steps_per_epoch(self) -> int:
@@ -91,7 +105,33 @@ class CacheBatchSource:
     def _load(self, epoch: int):
         if self._block is None or self._block.epoch != epoch:
             self._block = self.reader.load_epoch(epoch)
+            self._labels = []
+            if self.teachers is not None and self.with_topk:
+                for r, _ in self.teachers:
+                    b = self._block if r is self.reader else r.load_epoch(epoch)
+                    same = np.array_equal(b.digest, self._block.digest) and np.array_equal(b.params, self._block.params)
+                    if not same:
+                        raise UsageError(
+                            f"layer {r.root} holds other views than cache {self.reader.root} in epoch {epoch}: "
+                            "it is not a layer of this cache; remove it and add the teacher again"
+                        )
+                    self._labels.append(b)
         return self._block
+
+    def _topk(self, block, rows: np.ndarray):
+        """(log-probs, classes, layers) of the given slots: the cache's own top-k, or the chosen layers'
+        side by side with their (k, weight)."""
+        if not self.with_topk:
+            return None, None, None
+        if self.teachers is None:
+            return torch.from_numpy(block.topk_logprob[rows]), torch.from_numpy(block.topk_class[rows]), None
+        lps = [b.topk_logprob[rows] for b in self._labels]
+        cls = [b.topk_class[rows] for b in self._labels]
+        if len(lps) == 1:  # one chosen teacher: exactly that layer's rows, as if it were a cache of its own
+            return torch.from_numpy(lps[0]), torch.from_numpy(cls[0]), None
+        layers = tuple((int(lp.shape[1]), w) for lp, (_, w) in zip(lps, self.teachers, strict=True))
+        # np.concatenate promotes (float16 stays float16; int16 and int32 ids become int32).
+        return torch.from_numpy(np.concatenate(lps, 1)), torch.from_numpy(np.concatenate(cls, 1)), layers
 
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[TrainBatch]:
         ce = cached_epoch(epoch, self.epochs)
@@ -130,6 +170,5 @@ class CacheBatchSource:
                     + LIKELY_CAUSE
                 )
             collated["labels"] = self.to_teacher[np.asarray(collated["labels"])]
-            lp = torch.from_numpy(block.topk_logprob[rows]) if self.with_topk else None
-            cls = torch.from_numpy(block.topk_class[rows]) if self.with_topk else None
-            yield train_batch_from_collated(collated, m[0], m[1], lp, cls)
+            lp, cls, layers = self._topk(block, rows)
+            yield train_batch_from_collated(collated, m[0], m[1], lp, cls, layers)

@@ -35,6 +35,16 @@ class RunLog:
             if v is not None and math.isfinite(v):
                 self.writer.add_scalar(f"{prefix}{k}", v, step)
 
+    def teachers(self, teachers: list[Mapping[str, Any]], step: int) -> None:
+        """The teachers whose soft labels the run trains on, as a TensorBoard text summary (a table)."""
+        if self.writer is None:
+            return
+        rows = ["| teacher | weight | layer | model | weights sha256 |", "|---|---|---|---|---|"]
+        for t in teachers:
+            sha = str(t.get("weights_sha256") or "")[:12]
+            rows.append(f"| {t['name']} | {t['weight']:.4g} | {t['layer']} | {t.get('model')} | {sha} |")
+        self.writer.add_text("teachers", "\n".join(rows), step)
+
     def record(self, entry: Mapping[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl (flushed, so a crash loses at most this line)."""
         if not self.enabled:

@@ -49,23 +49,57 @@ class TeacherTarget:
             divided by ``m`` and every other class gets 0.
         Every row therefore sums to 1 (up to float32 rounding).
         """
+        return cls(torch.log(_topk_probs(topk_logprob, topk_class, num_classes)))
+
+    @classmethod
+    def from_topk_mixture(
+        cls,
+        topk_logprob: torch.Tensor,
+        topk_class: torch.Tensor,
+        num_classes: int,
+        layers: tuple[tuple[int, float], ...],
+    ) -> TeacherTarget:
+        """Several teachers: their top-k rows side by side (``layers``: each one's (k, weight), in column
+        order). Each teacher's full distribution is rebuilt by :meth:`from_topk`'s rule, and the target is
+        their weighted mean in probability space (weights normalised to sum to 1)."""
         if topk_logprob.dim() != 2 or topk_logprob.shape != topk_class.shape:
             raise TargetError(
                 f"top-k log-probs and classes must both be (B, k), got {tuple(topk_logprob.shape)} and "
                 f"{tuple(topk_class.shape)}"
             )
-        k = int(topk_logprob.shape[1])
-        if not 1 <= k <= num_classes:
-            raise TargetError(f"top-k width {k} must be in 1..{num_classes}")
-        cls_ids = topk_class.long()
-        if cls_ids.numel() and (int(cls_ids.min()) < 0 or int(cls_ids.max()) >= num_classes):
-            raise TargetError(f"top-k class ids outside 0..{num_classes - 1}")
-        # The one reconstruction rule, shared with `kdcache show --dense` and every reader of the format.
-        probs = topk_to_probs(topk_logprob, cls_ids, num_classes)
-        return cls(torch.log(probs))
+        widths = [int(k) for k, _ in layers]
+        if not layers or sum(widths) != topk_logprob.shape[1]:
+            raise TargetError(f"layer widths {widths} do not add up to the {topk_logprob.shape[1]} top-k columns")
+        total = float(sum(w for _, w in layers))
+        if not total > 0 or any(not w > 0 for _, w in layers):
+            raise TargetError(f"teacher weights must be > 0, got {[w for _, w in layers]}")
+        mix = None
+        for (_, w), lp, cl in zip(layers, topk_logprob.split(widths, 1), topk_class.split(widths, 1), strict=True):
+            p = _topk_probs(lp, cl, num_classes).double() * (w / total)
+            mix = p if mix is None else mix + p
+        assert mix is not None
+        return cls(torch.log(mix.float()))
 
     def log_probs_at(self, temperature: float) -> torch.Tensor:
         """Teacher log-probs at temperature T: log_softmax(log p / T) (the same as softmax(z / T))."""
         if temperature == 1.0:
             return self.log_probs
         return torch.log_softmax(self.log_probs / temperature, dim=1)
+
+
+def _topk_probs(topk_logprob: torch.Tensor, topk_class: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """float32 (B, C) probabilities from one teacher's top-k rows, checked."""
+    if topk_logprob.dim() != 2 or topk_logprob.shape != topk_class.shape:
+        raise TargetError(
+            f"top-k log-probs and classes must both be (B, k), got {tuple(topk_logprob.shape)} and "
+            f"{tuple(topk_class.shape)}"
+        )
+    k = int(topk_logprob.shape[1])
+    if not 1 <= k <= num_classes:
+        raise TargetError(f"top-k width {k} must be in 1..{num_classes}")
+    cls_ids = topk_class.long()
+    if cls_ids.numel() and (int(cls_ids.min()) < 0 or int(cls_ids.max()) >= num_classes):
+        raise TargetError(f"top-k class ids outside 0..{num_classes - 1}")
+    # The one reconstruction rule, shared with `kdcache show --dense` and every reader of the format.
+    probs = topk_to_probs(topk_logprob, cls_ids, num_classes)
+    return probs

@@ -268,6 +268,8 @@ class Trainer:
         )
         if resumed:
             log.truncate_after_epoch(self.epoch)
+        if "teachers" in self.run_info:
+            log.teachers(self.run_info["teachers"], self.global_step)
         try:
             while self.epoch < cfg.epochs:
                 epoch = self.epoch
@@ -457,7 +459,12 @@ class Trainer:
         target = None
         if self.options.mode == "cached":
             assert batch.topk_logprob is not None and batch.topk_class is not None
-            target = TeacherTarget.from_topk(batch.topk_logprob, batch.topk_class, self.num_classes)
+            if batch.topk_layers is None:
+                target = TeacherTarget.from_topk(batch.topk_logprob, batch.topk_class, self.num_classes)
+            else:  # several teachers: the weighted mean of their distributions
+                target = TeacherTarget.from_topk_mixture(
+                    batch.topk_logprob, batch.topk_class, self.num_classes, batch.topk_layers
+                )
         elif self.options.mode == "online":
             assert self.teacher is not None
             t0 = time.perf_counter()
