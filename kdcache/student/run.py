@@ -198,8 +198,10 @@ def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | N
     from kdcache.models.teacher import create_teacher
     from kdcache.student.cache_source import CacheBatchSource
     from kdcache.student.evaluate import make_val_loader
+    from kdcache.student.teachers import common_epochs, select_teachers
     from kdcache.student.trainer import RunOptions, Trainer
     from kdcache.teacher_cache.store import open_cache
+    from kdcache.teacher_cache.store.layers import layer_ids
 
     if args.cache is None:
         raise UsageError("no cache given: resolve it first (kdcache.registry.lookup.resolve_train_cache)")
@@ -209,16 +211,35 @@ def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | N
     try:
         reader = open_cache(args.cache)
         m = reader.manifest
+        if args.kd == "online" and args.teacher is not None and "," in args.teacher:
+            raise UsageError(
+                f"--kd online runs one teacher, got --teacher {args.teacher!r}: name one, or train from the "
+                "cache's soft labels of several teachers with --kd cached"
+            )
+        # Mode cached: --teacher chooses among the cache's teachers (its own and its layers); none: its own.
+        teachers = select_teachers(reader, args.teacher if args.kd == "cached" else None)
         recipe = resolve_recipe(args, m.recipe)
         recipe.train.per_process_batch(world.size)  # refuses odd or indivisible batches up front
-        check_temperature(args.kd, recipe.train.temperature, m.topk, m.num_classes)
+        for t in teachers:
+            check_temperature(args.kd, recipe.train.temperature, t.reader.manifest.topk, m.num_classes)
         engine = open_replay(m, args.data)
-        epochs = sorted(reader.epochs_complete)
+        epochs = common_epochs(teachers, reader) if args.kd == "cached" else sorted(reader.epochs_complete)
         info = [
             f"cache {args.cache}: {len(epochs)} complete epoch(s), {m.num_slots} views each, teacher "
             f"{m.teacher.get('name', m.teacher['id'])}"
         ]
-        info.append(f"soft labels: top-{m.topk} of {m.num_classes}; {format_summary(read_summary(reader.storage))}")
+        layered = args.kd == "cached" and (args.teacher is not None or bool(layer_ids(reader.storage)))
+        if layered:
+            info.append(
+                ("teacher: " if len(teachers) == 1 else "teachers (weighted mean of their distributions): ")
+                + "; ".join(t.describe() for t in teachers)
+            )
+        for t in teachers:
+            tm = t.reader.manifest
+            info.append(
+                (f"soft labels of {t.name}: " if layered else "soft labels: ")
+                + f"top-{tm.topk} of {m.num_classes}; {format_summary(read_summary(t.reader.storage))}"
+            )
         if recipe.train.epochs > len(epochs):
             from kdcache.views.coverage import coverage
 
@@ -271,6 +292,7 @@ def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | N
             world.size,
             args.workers,
             with_topk=args.kd == "cached",
+            teachers=[(t.reader, t.weight) for t in teachers] if layered else None,
         )
         options = RunOptions(
             out_dir=Path(args.out),
@@ -291,6 +313,8 @@ def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | N
                 "cache": reader.storage.absolute(),  # a URL stays a URL
                 "teacher": m.teacher,
                 "dataset_fingerprint": m.dataset["fingerprint"],
+                # Which soft labels: only where there was a choice (a cache without layers records as before).
+                **({"teachers": [t.record() for t in teachers]} if layered else {}),
             },
         )
         if args.compile:
