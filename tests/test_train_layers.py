@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from build_helpers import run_cli, three_class_setup, tiny_build, tiny_train, write_teacher
+
 from kdcache.errors import UsageError
 from kdcache.student.batch import TrainBatch
 from kdcache.student.cache_source import CacheBatchSource
@@ -124,7 +124,7 @@ def test_one_teacher_selection_equals_that_layer_alone(layered):
 
 
 def test_train_cli_on_an_ensemble_records_the_teachers(layered, tmp_path):
-    root, data, a, _, lid = layered
+    _, _, a, _, lid = layered
     out = tmp_path / "run"
     r = run_cli(*tiny_train(a, out, "--batch-size", "6", "--teacher", f"test_resnet:0.7,{NAME_B}:0.3"))
     assert "teachers (weighted mean of their distributions): test_resnet (weight 0.7" in r.stdout
@@ -151,7 +151,7 @@ def test_train_cli_refuses_an_unknown_teacher_and_online_lists(layered, tmp_path
 
 
 def test_a_cache_without_layers_records_no_teacher_choice(layered, tmp_path):
-    root, _, _, b, _ = layered
+    _, _, _, b, _ = layered
     out = tmp_path / "run"
     r = run_cli(*tiny_train(b, out, "--batch-size", "6", "--epochs", "1"))
     assert "teachers" not in yaml.safe_load((out / "config.yaml").read_text())["info"]
