@@ -137,6 +137,9 @@ def test_train_cli_on_an_ensemble_records_the_teachers(layered, tmp_path):
     assert (out / "final.pt").is_file() or list((out / "checkpoints").iterdir())
     tb = list((out / "tb").glob("events.*"))
     assert tb and any(b"teachers" in p.read_bytes() for p in tb)
+    # resuming with another choice of teachers is refused (it would change the targets mid-run)
+    r = run_cli(*tiny_train(a, out, "--batch-size", "6", "--teacher", "test_resnet", "--resume"), check=False)
+    assert r.returncode != 0 and "teachers (--teacher)" in r.stderr
 
 
 def test_train_cli_refuses_an_unknown_teacher_and_online_lists(layered, tmp_path):

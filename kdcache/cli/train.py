@@ -30,7 +30,10 @@ from kdcache.cli.common import fail_cleanly
     help="cached: soft labels from the cache; online: run the teacher on the same views; none: CE only.",
 )
 @click.option(
-    "--teacher", help="Finds the cache in the registry (with --data); online mode: the teacher [the cache's]."
+    "--teacher",
+    help="Finds the cache in the registry (with --data). --kd cached: the cache's teacher(s) whose soft labels "
+    "to train on: T1, T1,T2 (mean of their distributions) or T1:0.7,T2:0.3 [the cache's own]; --kd online: "
+    "the one teacher to run [the cache's].",
 )
 @click.option(
     "--teacher-weights",

@@ -97,6 +97,12 @@ class FitResult:
         return FeedTimes(self.train_seconds, self.data_seconds, self.train_seconds - self.data_seconds)
 
 
+def _teacher_choice(info: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """(layer, weight) of the soft labels a run trains on; a run that records none used the cache's own."""
+    teachers = info.get("teachers") or [{"layer": ".", "weight": 1.0}]
+    return [(str(t["layer"]), round(float(t["weight"]), 9)) for t in teachers]
+
+
 class Trainer:
     """Trains a timm student on pre-mixed uint8 views in mode cached, online or none.
 
@@ -220,6 +226,9 @@ class Trainer:
         for key in ("mode", "num_classes", "steps_per_epoch"):
             if saved.get("run", {}).get(key) != now["run"][key]:
                 diffs.append(f"run.{key}: {saved.get('run', {}).get(key)!r} -> {now['run'][key]!r}")
+        before, after = _teacher_choice(saved.get("info", {})), _teacher_choice(now["info"])
+        if before != after:
+            diffs.append(f"teachers (--teacher): {before} -> {after}")
         if diffs:
             raise TrainError(
                 f"cannot resume from {path}: the run was started with a different configuration ("
