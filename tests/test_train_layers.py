@@ -159,3 +159,30 @@ def test_a_cache_without_layers_records_no_teacher_choice(layered, tmp_path):
     r = run_cli(*tiny_train(b, out, "--batch-size", "6", "--epochs", "1"))
     assert "teachers" not in yaml.safe_load((out / "config.yaml").read_text())["info"]
     assert "soft labels: top-3 of 3" in r.stdout
+
+
+def test_mixture_by_hand_with_different_k():
+    """Layer 1 (k=1): class 0 at 0.6, the rest 0.2 each; layer 2 (k=2): class 2 at 0.5, class 1 at 0.5."""
+    lp = torch.log(torch.tensor([[0.6, 0.5, 0.5]])).half()
+    cl = torch.tensor([[0, 2, 1]], dtype=torch.int16)
+    got = TeacherTarget.from_topk_mixture(lp, cl, 3, ((1, 0.25), (2, 0.75))).log_probs.exp()
+    expected = 0.25 * torch.tensor([0.6, 0.2, 0.2]) + 0.75 * torch.tensor([0.0, 0.5, 0.5])
+    torch.testing.assert_close(got[0], expected, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="do not add up"):
+        TeacherTarget.from_topk_mixture(lp, cl, 3, ((1, 0.5), (1, 0.5)))
+
+
+def test_train_batch_checks_the_layer_columns():
+    b = dict(
+        images=torch.zeros(2, 4, 4, 3, dtype=torch.uint8),
+        y_a=torch.zeros(2, dtype=torch.int64),
+        y_b=torch.zeros(2, dtype=torch.int64),
+        lam=torch.ones(2),
+        topk_logprob=torch.zeros(2, 4, dtype=torch.float16),
+        topk_class=torch.zeros(2, 4, dtype=torch.int16),
+    )
+    assert TrainBatch(**b, topk_layers=((3, 0.5), (1, 0.5))).to("cpu").topk_layers == ((3, 0.5), (1, 0.5))
+    with pytest.raises(ValueError, match="add up"):
+        TrainBatch(**b, topk_layers=((3, 0.5), (3, 0.5)))
+    with pytest.raises(ValueError, match="weights must be > 0"):
+        TrainBatch(**b, topk_layers=((3, 0.5), (1, 0.0)))
