@@ -163,7 +163,14 @@ def test_build_names_slow_views(setup, tmp_path, monkeypatch):
         n = images.shape[0]
         return np.full((n, self.k), -np.log(3), np.float16), np.tile(np.arange(self.k), (n, 1))
 
+    def instant_topk_and_fidelity(self, images):
+        lp, cls = instant_topk(self, images)
+        n = images.shape[0]
+        return lp, cls, np.zeros(n, np.float32), np.zeros(n, np.float32)
+
     monkeypatch.setattr(TeacherRunner, "topk", instant_topk)
+    # the build also measures fidelity, through this entry point
+    monkeypatch.setattr(TeacherRunner, "topk_and_fidelity", instant_topk_and_fidelity)
     _slow_render(monkeypatch, 0.3)
     _, data, weights = setup
     out = run_cli(*tiny_build(data, weights, tmp_path / "c")).stderr
