@@ -60,6 +60,9 @@ def test_adding_a_teacher_leaves_the_views_alone_and_reuses_them(layered):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
         # another teacher's labels, not a copy of the first's
         assert not np.array_equal(a.topk_logprob, b.topk_logprob)
+    # verify checks the views once and each layer with its own teacher (weights from the manifests)
+    out = run_cli("verify", str(cache), "--views", "4").stdout
+    assert out.count("teacher test_resnet") == 2 and f"(layers/{layer.name})" in out and out.endswith("OK\n")
 
 
 def test_adding_the_same_teacher_again_is_a_no_op(setup, layered):
@@ -163,3 +166,45 @@ def test_sigkill_mid_add_then_resume_gives_the_same_bytes(setup, layered, tmp_pa
     (clean_layer,) = _layers(clean)
     assert content_hash(open_cache(layer)) == content_hash(open_cache(clean_layer))
     assert cache_info(cache)["content_digest"] == cache_info(clean)["content_digest"]
+
+
+def test_registry_adds_a_teacher_to_the_views_lists_finds_and_removes_it(setup, tmp_path):
+    from kdcache.registry import cache_root
+    from kdcache.registry.lookup import find_matches
+
+    _, data, w1, _ = setup
+    w2 = write_teacher(tmp_path / "eff.pth", 3, arch="test_efficientnet", seed=2)
+    home = tmp_path / "home"
+    root = ["--cache-root", str(home)]
+    run_cli(*tiny_build(data, w1, None, *root))
+    added = run_cli(*tiny_build(data, w2, None, *root, "--teacher", "test_efficientnet"))
+    (key,) = [p.name for p in home.iterdir() if p.is_dir()]  # one set of views, one key
+    cache = home / key / "zarr"
+    assert f"added teacher test_efficientnet to cache {cache}" in added.stderr
+    assert "a new teacher layer on the cache's views" in added.stderr
+    again = run_cli(*tiny_build(data, w2, None, *root, "--teacher", "test_efficientnet"))
+    assert "reused" in again.stderr and "layers/test_efficientnet-" in again.stderr
+
+    info = cache_info(cache)
+    assert [x["teacher"] for x in info["layers"]] == ["test_resnet", "test_efficientnet"]
+    assert info["layers"][0]["content_hash"] == info["content_hash"]
+    text = run_cli("info", str(cache)).stdout
+    assert "teachers     test_resnet (test_resnet" in text and "layer        test_efficientnet" in text
+    ls = run_cli("ls", *root).stdout
+    assert "test_resnet, test_efficientnet" in ls
+    shown = run_cli("show", str(cache), "--teacher", "test_efficientnet", "--json", "--slots", "0:2").stdout
+    first = run_cli("show", str(cache), "--json", "--slots", "0:2").stdout
+    assert shown != first  # another teacher's top-k on the same views
+
+    fp = open_cache(cache).manifest.dataset["fingerprint"]
+    r = cache_root(str(home))
+    assert [e.key for e in find_matches(r, ["test_resnet", "test_efficientnet"], fp)] == [key]
+    assert find_matches(r, ["test_resnet", "test_vit"], fp) == []
+
+    before = content_hash(open_cache(cache))
+    removed = run_cli("rm", key, *root, "--teacher", "test_efficientnet", "--yes")
+    assert "removed teacher test_efficientnet" in removed.stdout
+    assert _layers(cache) == [] and content_hash(open_cache(cache)) == before
+    refused = run_cli("rm", key, *root, "--teacher", "test_resnet", "--yes", check=False)
+    assert refused.returncode != 0 and "first teacher" in refused.stderr
+    assert find_matches(r, ["test_resnet", "test_efficientnet"], fp) == []
