@@ -208,3 +208,18 @@ def test_registry_adds_a_teacher_to_the_views_lists_finds_and_removes_it(setup, 
     refused = run_cli("rm", key, *root, "--teacher", "test_resnet", "--yes", check=False)
     assert refused.returncode != 0 and "first teacher" in refused.stderr
     assert find_matches(r, ["test_resnet", "test_efficientnet"], fp) == []
+
+
+def test_a_two_process_add_gives_the_same_layer(setup, layered, tmp_path):
+    from build_helpers import run_torchrun
+
+    _, data, w1, w2 = setup
+    cache, _, _ = layered
+    (layer,) = _layers(cache)
+    ddp = tmp_path / "ddp"
+    run_cli(*_args(data, w1, ddp))
+    proc = run_torchrun(_args(data, w2, ddp), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "added teacher test_resnet" in proc.stderr
+    (ddp_layer,) = _layers(ddp)
+    assert content_hash(open_cache(ddp_layer)) == content_hash(open_cache(layer))
