@@ -66,6 +66,7 @@ def main() -> None:
                 workers=args.workers,
                 device=args.device,
                 unit_size=1024,
+                topk=3,
                 progress=False,
             )
 
