@@ -110,9 +110,10 @@ def build_and_summarise(cfg) -> str:
             if int(os.environ.get("RANK", "0")) != 0:
                 return ""
             touch(dest.root, dest.key)
+            held = "" if dest.layer is None else f" (teacher {cfg.teacher}: layers/{dest.layer})"
             return "\n".join(
                 [
-                    f"kdcache build: reused {dest.out} ({cfg.format}); nothing to compute",
+                    f"kdcache build: reused {dest.out}{held} ({cfg.format}); nothing to compute",
                     f"  registry       key {dest.key}: epochs {list(dest.epochs_before)} are complete; "
                     f"{cfg.epochs} asked",
                     "  the teacher did not run; a larger --epochs extends this cache",
@@ -128,6 +129,9 @@ def build_and_summarise(cfg) -> str:
             "new": "new cache",
             "extended": f"extended the cache that had epochs {list(dest.epochs_before)}",
             "resumed": "resumed an unfinished build",
+            "layer": "a new teacher layer on the cache's views",
         }[dest.state]
+        if dest.layer is not None and dest.state != "layer":
+            what += f" (teacher layer {dest.layer})"
         summary += f"\n  registry       key {dest.key}: {what}"
     return summary

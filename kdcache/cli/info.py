@@ -24,12 +24,14 @@ def info(cache: str, as_json: bool, no_hash: bool) -> None:
     Works on a build in progress too: only committed units count.
     """
     from kdcache.registry.lookup import resolve_cache_arg
-    from kdcache.teacher_cache.store import open_cache
+    from kdcache.teacher_cache.store import open_layers
 
     cache = resolve_cache_arg(cache, finished=False)
 
-    reader = open_cache(cache, allow_unfinished=True)
+    layers = open_layers(cache, allow_unfinished=True)
+    reader = layers[0][1]
     summary = cache_summary(reader, digest=not no_hash)
+    summary["layers"] = [layer_summary(lid, r, digest=not no_hash) for lid, r in layers]
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -81,6 +83,26 @@ def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
     }
 
 
+def layer_summary(lid: str | None, reader: Any, digest: bool = True) -> dict[str, Any]:
+    """One teacher layer of a cache: its teacher, k and content hash (the first layer's is the cache's)."""
+    from kdcache.teacher_cache.store import content_hash
+    from kdcache.teacher_cache.store.layers import LAYERS_DIR, teacher_label
+
+    t = reader.manifest.teacher
+    return {
+        "layer": lid,  # None: the cache's own store
+        "path": str(reader.root) if lid is None else f"{LAYERS_DIR}/{lid}",
+        "teacher": teacher_label(t),
+        "model": t.get("model"),
+        "weights_sha256": t.get("weights_sha256"),
+        "precision": t.get("precision"),
+        "topk": reader.manifest.topk,
+        "finished": reader.finished,
+        "epochs_complete": reader.epochs_complete,
+        "content_hash": content_hash(reader) if digest else None,
+    }
+
+
 def epoch_ranges(epochs: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'."""
     parts: list[str] = []
@@ -116,6 +138,16 @@ def _text(cache: Path, s: dict[str, Any]) -> str:
             f"{100 * s['coverage']['share_seen']:.1f}% of the samples, "
             f"{s['coverage']['views_per_sample']:.2f} distinct views per sample seen"
             + ("" if s["coverage"]["exact"] else " (estimated)"),
+        ),
+        *(
+            (
+                "layer" if i else "teachers",
+                f"{x['teacher']} ({x['model']}, weights sha256 {str(x['weights_sha256'])[:12]}..., "
+                f"{x['precision'] or 'precision not recorded'}, top-{x['topk']}) {x['path']}: epochs "
+                f"{epoch_ranges(x['epochs_complete'])}{'' if x['finished'] else ' (unfinished)'}, content "
+                f"{(x['content_hash'] or 'hash skipped')[:16]}",
+            )
+            for i, x in enumerate(s.get("layers", []))
         ),
         ("stored", f"{s['views']:,} views, {s['bytes_on_disk'] / 1e6:.2f} MB on disk, {per_view}"),
         ("content", s["content_hash"] or "(hash skipped)"),

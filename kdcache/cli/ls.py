@@ -43,7 +43,7 @@ def format_table(entries) -> str:
             (
                 e.key,
                 e.backend,
-                e.teacher,
+                ", ".join(e.teachers),
                 e.dataset,
                 epochs,
                 f"{e.views:,}",

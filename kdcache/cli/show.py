@@ -18,6 +18,7 @@ from kdcache.cli.common import fail_cleanly, parse_slots
 @click.option("--epoch", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--slots", default="0:8", show_default=True, help="Half-open slot range A:B of the epoch.")
 @click.option("--data", help="Where the images are now, to show sample paths (default: the recorded source).")
+@click.option("--teacher", help="Whose top-k to show: a teacher layer's name or model [default: the cache's first].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per view.")
 @click.option(
     "--dense",
@@ -30,15 +31,24 @@ from kdcache.cli.common import fail_cleanly, parse_slots
     help="Also draw the views (re-rendered from their stored params) with the teacher's top-3 into this PNG.",
 )
 @fail_cleanly
-def show(cache: str, epoch: int, slots: str, data: str | None, as_json: bool, dense: bool, out: Path | None) -> None:
+def show(
+    cache: str,
+    epoch: int,
+    slots: str,
+    data: str | None,
+    teacher: str | None,
+    as_json: bool,
+    dense: bool,
+    out: Path | None,
+) -> None:
     """Print what CACHE stores for slots A:B of an epoch: sample, repeat, view params, digest and the
     teacher's top-k classes with probabilities."""
     from kdcache.registry.lookup import resolve_cache_arg
-    from kdcache.teacher_cache.store import open_cache, unit_slots
+    from kdcache.teacher_cache.store import open_layer, unit_slots
 
     a, b = parse_slots(slots)
     cache = resolve_cache_arg(cache, finished=False)
-    reader = open_cache(cache, allow_unfinished=True)
+    reader = open_layer(cache, teacher, allow_unfinished=True)
     m = reader.manifest
     if b > m.num_slots:
         raise click.BadParameter(f"an epoch has {m.num_slots} slots; {slots} is out of range", param_hint="--slots")

@@ -23,7 +23,8 @@ from kdcache.cli.common import fail_cleanly
 @click.option(
     "--teacher-weights",
     type=click.Path(path_type=Path),
-    help="The weights file the cache was built with (otherwise timm's pretrained download).",
+    help="The weights file the cache's first teacher was built with [default: the file its manifest records, "
+    "if it exists; otherwise timm's pretrained download]. Further teacher layers use the files they record.",
 )
 @click.option("--data", help="Where the images are now, if not where the cache was built from.")
 @click.option("--no-teacher", is_flag=True, help="Check digests only; do not re-run the teacher.")
@@ -38,28 +39,41 @@ def verify(
     from kdcache.registry.lookup import resolve_cache_arg
     from kdcache.teacher_cache.build.verify import verify_cache
     from kdcache.teacher_cache.replay import LIKELY_CAUSE
-    from kdcache.teacher_cache.store import open_cache
+    from kdcache.teacher_cache.store import open_layers
+    from kdcache.teacher_cache.store.layers import teacher_label
 
     cache = resolve_cache_arg(cache, finished=True)
 
-    reader = open_cache(cache)
-    report = verify_cache(
-        reader,
-        n_views,
-        data=data,
-        teacher_weights=None if teacher_weights is None else str(teacher_weights),
-        check_teacher=not no_teacher,
-        device=device,
-    )
-    click.echo(f"verify {cache}: {report.views} views re-rendered, {report.digest_ok} digests match")
-    if not no_teacher:
-        click.echo(
-            f"  teacher re-run on {report.teacher_checked} views, max |p_stored - p_fresh| = "
-            f"{report.max_prob_diff:.2e} (tolerance {report.tolerance:g}, teacher {report.precision})"
+    layers = open_layers(cache)
+    mismatches = []
+    ok = True
+    # The views are checked once, with the first layer; each teacher layer re-runs its own teacher.
+    for i, (lid, reader) in enumerate(layers if not no_teacher else layers[:1]):
+        given = str(teacher_weights) if teacher_weights is not None and i == 0 else None
+        report = verify_cache(
+            reader,
+            n_views,
+            data=data,
+            teacher_weights=given or _recorded_weights(reader.manifest),
+            check_teacher=not no_teacher,
+            device=device,
         )
-    if report.ok:
+        if i == 0:
+            click.echo(f"verify {cache}: {report.views} views re-rendered, {report.digest_ok} digests match")
+            mismatches += report.mismatches
+        else:  # the same views again: their digest mismatches are already listed
+            mismatches += [m for m in report.mismatches if "digest" not in m.what]
+        ok = ok and report.ok
+        if not no_teacher:
+            name = teacher_label(reader.manifest.teacher) + ("" if lid is None else f" (layers/{lid})")
+            click.echo(
+                f"  teacher {name} re-run on {report.teacher_checked} views, max |p_stored - p_fresh| = "
+                f"{report.max_prob_diff:.2e} (tolerance {report.tolerance:g}, teacher {report.precision})"
+            )
+    if ok and not mismatches:
         click.echo("OK")
         return
+    report.mismatches = mismatches
     for m in report.mismatches[:20]:
         click.echo(f"  MISMATCH {m}", err=True)
     if len(report.mismatches) > 20:
@@ -68,3 +82,9 @@ def verify(
         click.echo(LIKELY_CAUSE, err=True)
     click.echo(f"FAILED: {len(report.mismatches)} mismatch(es)", err=True)
     sys.exit(1)
+
+
+def _recorded_weights(manifest) -> str | None:
+    """The weights file a layer's manifest records, if it is still there."""
+    path = manifest.teacher.get("weights")
+    return str(path) if path and Path(path).is_file() else None

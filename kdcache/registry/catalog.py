@@ -36,6 +36,9 @@ class Entry:
     bytes: int | None  # None: not measured (ls --no-size)
     last_used: str | None
     build_command: str | None
+    # Every teacher layer: the first layer's teacher dict, then each further layer's, with "layer" (its
+    # id; None for the first) and "finished" added. Empty: not read (treat as the first teacher alone).
+    layers: tuple[dict[str, Any], ...] = ()
 
     @property
     def created(self) -> str:
@@ -45,6 +48,15 @@ class Entry:
     def teacher(self) -> str:
         t = self.manifest.teacher
         return str(t.get("name") or t.get("model") or t.get("id"))
+
+    @property
+    def teachers(self) -> list[str]:
+        """The teachers of every layer, first layer first (unfinished layers marked)."""
+        from kdcache.teacher_cache.store.layers import teacher_label
+
+        if not self.layers:
+            return [self.teacher]
+        return [teacher_label(t) + ("" if t.get("finished", True) else " (building)") for t in self.layers]
 
     @property
     def dataset(self) -> str:
@@ -60,6 +72,7 @@ class Entry:
             "location": self.location,
             "finished": self.finished,
             "teacher": self.teacher,
+            "teachers": self.teachers,
             "dataset": self.manifest.dataset.get("source"),
             "num_samples": self.manifest.dataset["num_samples"],
             "identity": identity(self.manifest),
@@ -100,7 +113,7 @@ def touch(root: Storage, key: str) -> None:
 
 def list_entries(root: Storage, *, sizes: bool = True, keys: list[str] | None = None) -> list[Entry]:
     """Every cache under ``root`` (finished or not), most recently used first."""
-    from kdcache.teacher_cache.store import open_cache
+    from kdcache.teacher_cache.store import open_cache, open_layers
     from kdcache.teacher_cache.store.errors import NotACacheError
 
     out = []
@@ -131,6 +144,10 @@ def list_entries(root: Storage, *, sizes: bool = True, keys: list[str] | None = 
                     bytes=storage.total_size() if sizes else None,
                     last_used=meta.get("last_used"),
                     build_command=meta.get("build_command"),
+                    layers=tuple(
+                        {**r.manifest.teacher, "layer": lid, "finished": r.finished}
+                        for lid, r in open_layers(storage, allow_unfinished=True)
+                    ),
                 )
             )
     return sorted(out, key=lambda e: (e.last_used or e.created, e.key), reverse=True)
@@ -172,3 +189,36 @@ def remove_entry(root: Storage, key: str, backend: str | None = None) -> None:
             lock.release()
     if not any(entry.child(b).exists() for b in FORMATS):
         entry.delete_all()
+
+
+def remove_layer(root: Storage, key: str, teacher: str, backend: str | None = None) -> list[str]:
+    """Delete the layer of ``teacher`` (name, model or layer id) from cache KEY (each format, or
+    ``backend``), leaving the views and the other layers alone. Returns the removed layers' locations.
+    The cache's first layer holds the views and cannot be removed alone."""
+    from kdcache.teacher_cache.storage import CacheLockedError, build_lock
+    from kdcache.teacher_cache.store import open_layer
+
+    entry = root.child(key)
+    chosen = [backend] if backend else [b for b in FORMATS if entry.child(b).exists()]
+    removed = []
+    for b in chosen:
+        cache = entry.child(b)
+        if not cache.exists():
+            raise RegistryError(f"cache {key} has no {b} format under {root.where()}")
+        layer = open_layer(cache, teacher, allow_unfinished=True)
+        if layer.storage.where() == cache.where():
+            raise RegistryError(
+                f"{teacher!r} is the first teacher of cache {key} ({b}), whose store holds the views every layer "
+                f"shares; remove the whole cache with `kdcache rm {key}`"
+            )
+        lock = build_lock(layer.storage)
+        try:
+            lock.acquire()
+        except CacheLockedError as e:
+            raise RegistryError(f"cannot remove {layer.storage.where()}: {e}") from None
+        try:
+            layer.storage.delete_all()
+        finally:
+            lock.release()
+        removed.append(layer.storage.where())
+    return removed

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from kdcache.registry.key import cache_key
 from kdcache.teacher_cache.storage import Storage
 from kdcache.teacher_cache.store import Manifest, read_manifest
+from kdcache.teacher_cache.store.layers import layer_id, layer_storage
 from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
 
 
@@ -16,9 +17,11 @@ class Destination:
     key: str
     out: str  # the cache's path or URL
     # What the build finds under its key: nothing ("new"), every asked epoch ("reused"), fewer epochs
-    # than asked ("extended"), or an unfinished build of the same epochs ("resumed").
+    # than asked ("extended"), an unfinished build of the same epochs ("resumed"), or views of another
+    # teacher that this one is added to as a layer ("layer").
     state: str
-    epochs_before: tuple[int, ...]  # complete epochs found there
+    epochs_before: tuple[int, ...]  # complete epochs found there (of the teacher's layer, if any)
+    layer: str | None = None  # the teacher's layer id when the cache's first teacher is another
 
 
 def plan_destination(root: Storage, manifest: Manifest, epochs: int) -> tuple[Destination, Manifest]:
@@ -29,11 +32,20 @@ def plan_destination(root: Storage, manifest: Manifest, epochs: int) -> tuple[De
     build resumes or extends it instead of being refused for differences that change no label.
     """
     key = cache_key(manifest)
-    storage = root.child(key).child(manifest.backend)
+    cache = root.child(key).child(manifest.backend)
+    first = read_manifest(cache, BUILD_HEADER) or read_manifest(cache, MANIFEST)
+    if first is None:
+        return Destination(root, key, cache.where(), "new", ()), manifest
+    # The views are the cache's by construction (equal keys): adopt its layout. The teacher's own
+    # store is the cache itself when it is the cache's first teacher, else its layer.
+    keys = ("model", "weights_sha256", "precision")
+    lid = None if all(first.teacher.get(k) == manifest.teacher.get(k) for k in keys) else layer_id(manifest.teacher)
+    storage = cache if lid is None else layer_storage(cache, lid)
     final = read_manifest(storage, MANIFEST)
     base = read_manifest(storage, BUILD_HEADER) or final
-    if base is None:
-        return Destination(root, key, storage.where(), "new", ()), manifest
+    if base is None:  # a new layer on the cache's views
+        adopted = manifest.replace(unit_size=first.unit_size, recipe=first.recipe)
+        return Destination(root, key, cache.where(), "layer", (), lid), adopted
     adopted = manifest.replace(
         unit_size=base.unit_size,
         recipe=base.recipe,
@@ -46,4 +58,4 @@ def plan_destination(root: Storage, manifest: Manifest, epochs: int) -> tuple[De
         state = "extended"
     else:
         state = "resumed"
-    return Destination(root, key, storage.where(), state, done), adopted
+    return Destination(root, key, cache.where(), state, done, lid), adopted

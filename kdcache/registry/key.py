@@ -1,8 +1,10 @@
-"""A cache's key: a digest of exactly what determines its content.
+"""A cache's key: a digest of exactly what determines its views.
 
-Two builds with equal keys produce the same views and the same soft labels, whatever their output
-format, unit size, number of epochs or training recipe; so one cache serves both, and more epochs
-extend it.
+Two builds with equal keys produce the same views, whatever their teacher, output format, unit size,
+number of epochs or training recipe; so one cache serves both: more epochs extend it, and another
+teacher becomes a layer of it (store/layers.py). Caches written before keys covered the views alone
+keep the folder of their old key (which also covered teacher, weights, k and precision) and read as
+one-layer caches.
 """
 
 from __future__ import annotations
@@ -17,22 +19,20 @@ KEY_CHARS = 16  # 64 bits: collisions need ~4e9 caches under one root
 
 
 def identity(m: Manifest) -> dict[str, Any]:
-    """The content-determining fields of a manifest (what the key is a digest of)."""
-    ident = {
-        "teacher": m.teacher.get("model") or m.teacher.get("id") or m.teacher["name"],
-        "weights_sha256": m.teacher["weights_sha256"],
+    """The view-determining fields of a manifest (what the key is a digest of): no teacher, weights,
+    k or precision, which are each layer's own."""
+    return {
         "dataset_fingerprint": m.dataset["fingerprint"],
         "augment": m.recipe.get("augment", {}),
         "seed": m.seed,
         "repeats": m.repeats,
         "image_size": m.image_size,
-        "topk": m.topk,
     }
-    # The teacher's precision changes the soft labels. Caches written before it was recorded have
-    # none: they keep their key (and so their place in the registry), and no new build matches them.
-    if "precision" in m.teacher:
-        ident["precision"] = m.teacher["precision"]
-    return ident
+
+
+def teacher_model(teacher: dict[str, Any]) -> str:
+    """The teacher's resolved timm model (what `train --teacher` matches besides the typed name)."""
+    return str(teacher.get("model") or teacher.get("id") or teacher["name"])
 
 
 def cache_key(m: Manifest) -> str:

@@ -5,22 +5,40 @@ from __future__ import annotations
 from typing import Any
 
 from kdcache.registry.catalog import Entry, RegistryError, list_entries
-from kdcache.registry.key import identity
+from kdcache.registry.key import teacher_model
 from kdcache.teacher_cache.storage import Storage
+from kdcache.teacher_cache.store.layers import teacher_label
 
 
-def find_matches(root: Storage, teacher_model: str, fingerprint: str, weights_sha256: str | None = None) -> list[Entry]:
-    """Finished caches under ``root`` built from this teacher (and weights, if given) on this dataset."""
+def _has_layer(e: Entry, name: str, model: str, weights_sha256: str | None) -> bool:
+    """Whether cache ``e`` has a finished layer of the teacher typed as ``name`` (timm model ``model``)."""
+    layers = e.layers or ({**e.manifest.teacher, "finished": e.finished},)
+    return any(
+        t.get("finished", True)
+        and (name == teacher_label(t) or model == teacher_model(t))
+        and (weights_sha256 is None or t.get("weights_sha256") == weights_sha256)
+        for t in layers
+    )
+
+
+def find_matches(
+    root: Storage,
+    teacher_models: str | list[str],
+    fingerprint: str,
+    weights_sha256: str | None = None,
+    names: list[str] | None = None,
+) -> list[Entry]:
+    """Finished caches under ``root`` on this dataset with a finished layer of every teacher: each
+    given as its resolved timm model (``teacher_models``) or the name typed at build time (``names``,
+    same order); with its weights, if ``weights_sha256`` is given (one teacher only)."""
+    models = [teacher_models] if isinstance(teacher_models, str) else list(teacher_models)
+    typed = names or models
     out = []
     for e in list_entries(root, sizes=False):
-        ident = identity(e.manifest)
-        if not e.finished or not e.epochs_complete:
+        if not e.finished or not e.epochs_complete or e.manifest.dataset["fingerprint"] != fingerprint:
             continue
-        if ident["teacher"] != teacher_model or ident["dataset_fingerprint"] != fingerprint:
-            continue
-        if weights_sha256 is not None and ident["weights_sha256"] != weights_sha256:
-            continue
-        out.append(e)
+        if all(_has_layer(e, n, m, weights_sha256) for n, m in zip(typed, models, strict=True)):
+            out.append(e)
     return out
 
 
@@ -77,15 +95,22 @@ def resolve_train_cache(cfg: Any, build_hint: str | None) -> tuple[str, str | No
 
 
 def _matches_for(root: Storage, teacher: str, data: str, teacher_weights: str | None) -> list[Entry]:
+    """``teacher``: one name, or several as `train --teacher T1,T2[:W]` takes them (store/layers.py)."""
     from kdcache.data.wds_source import open_source
+    from kdcache.errors import UsageError
     from kdcache.models.teacher import create_teacher, resolve_name
+    from kdcache.teacher_cache.store.layers import parse_teacher_spec
 
+    try:
+        names = [n for n, _ in parse_teacher_spec(teacher)]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     fingerprint = open_source(data).fingerprint
     sha = None
-    if teacher_weights is not None:
+    if teacher_weights is not None and len(names) == 1:
         # The manifest's sha256 is over the model's state dict once the file is loaded into it.
-        sha = create_teacher(teacher, teacher_weights)[1].weights_sha256
-    return find_matches(root, resolve_name(teacher), fingerprint, sha)
+        sha = create_teacher(names[0], teacher_weights)[1].weights_sha256
+    return find_matches(root, [resolve_name(n) for n in names], fingerprint, sha, names=names)
 
 
 def is_registry_key(text: str) -> bool:

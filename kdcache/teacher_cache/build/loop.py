@@ -25,6 +25,8 @@ from kdcache.teacher_cache.build.assembler import UnitAssembler
 from kdcache.teacher_cache.build.config import BuildConfig
 from kdcache.teacher_cache.build.runner import TeacherRunner
 from kdcache.teacher_cache.build.schedule import Unit, unit_batches
+from kdcache.teacher_cache.replay import ReplayMismatch
+from kdcache.teacher_cache.store import EpochBlock, open_cache
 from kdcache.teacher_cache.store.fidelity import FidelityStats
 from kdcache.views import ViewEngine, keep_collated
 
@@ -42,22 +44,71 @@ def eta_line(views_done: int, seconds: float, views_left: int) -> str:
     return f"teacher: {rate:.1f} views/s, {eta} for the remaining {views_left:,} views of this rank"
 
 
+class StoredViews:
+    """The views of an existing cache (its first layer), epoch by epoch: what a build that adds a
+    teacher replays instead of sampling. Opened lazily, so it travels to DataLoader workers as a path;
+    each process holds one epoch block at a time (81 B/view)."""
+
+    def __init__(self, cache: str):
+        self.cache = cache
+        self._block: EpochBlock | None = None
+
+    def block(self, epoch: int) -> EpochBlock:
+        if self._block is None or self._block.epoch != epoch:
+            self._block = None  # free the previous epoch before loading the next
+            self._block = open_cache(self.cache, allow_unfinished=True).load_epoch(epoch)
+        return self._block
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"cache": self.cache, "_block": None}
+
+
 class BuildBatches(Dataset):
     """Item i is batch i of the schedule, rendered and collated: ``batches[i]`` = (epoch, pairs).
 
     A batch never crosses a unit, so never an epoch; render_batch equals collate_pairs over the
-    per-pair renders view for view, so the bytes written do not depend on this grouping."""
+    per-pair renders view for view, so the bytes written do not depend on this grouping.
 
-    def __init__(self, engine: ViewEngine, batches: list[tuple[int, np.ndarray]]):
+    With ``stored`` (adding a teacher to existing views) nothing is sampled: every view is re-rendered
+    from its stored params and its digest checked against the stored one before the teacher sees it;
+    the batch then carries the stored view arrays, so the layer's view arrays are the cache's."""
+
+    def __init__(self, engine: ViewEngine, batches: list[tuple[int, np.ndarray]], stored: StoredViews | None = None):
         self.engine = engine
         self.batches = batches
+        self.stored = stored
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> dict[str, object]:
         epoch, pairs = self.batches[i]
-        return self.engine.render_batch(epoch, pairs)
+        if self.stored is None:
+            return self.engine.render_batch(epoch, pairs)
+        block = self.stored.block(epoch)
+        slots = np.stack([2 * np.asarray(pairs), 2 * np.asarray(pairs) + 1], axis=1).ravel()
+        batch = self.engine.render_batch(epoch, pairs, records=block.params[slots])
+        check_replayed(self.stored.cache, epoch, batch, block)
+        batch["records"] = block.params[slots]
+        return batch
+
+
+def check_replayed(cache: str, epoch: int, batch: dict, block: EpochBlock) -> None:
+    """Raise ReplayMismatch naming the first view whose re-render differs from the stored one."""
+    slots = np.asarray(batch["slots"])
+    bad_ids = np.flatnonzero(np.asarray(batch["sample_ids"]) != block.sample_id[slots])
+    bad = np.flatnonzero(np.asarray(batch["digests"]) != block.digest[slots])
+    for what, rows in (("sample id", bad_ids), ("digest", bad)):
+        if rows.size:
+            r = int(rows[0])
+            slot, sample = int(slots[r]), int(block.sample_id[slots[r]])
+            raise ReplayMismatch(
+                f"view epoch {epoch} slot {slot} (sample {sample}) of {cache} re-renders with a different "
+                f"{what} than stored ({rows.size} of {len(slots)} views in this batch differ): the images or the "
+                f"libraries changed since the cache was built, so its views cannot take another teacher. "
+                f"Nothing was committed for this unit; run `kdcache verify {cache}`, restore the images, or build "
+                f"a new cache"
+            )
 
 
 @dataclass(frozen=True)
@@ -94,6 +145,7 @@ def run_units(
     cfg: BuildConfig,
     world: World,
     write_stats=None,  # (epoch, unit_index, FidelityStats) -> None, after the unit's write; None: not measured
+    stored: StoredViews | None = None,  # replay these views instead of sampling (adding a teacher)
 ) -> BuildStats:
     """Render, run the teacher and write every unit in ``units`` (this rank's pending ones)."""
     t0 = time.perf_counter()
@@ -102,7 +154,7 @@ def run_units(
     items, batches = unit_batches(units, cfg.batch_size)
     unit_of_item = np.repeat(np.arange(len(units)), [u.size // 2 for u in units])
     loader = DataLoader(
-        BuildBatches(engine, [(int(items[b[0], 0]), items[b, 1]) for b in batches]),
+        BuildBatches(engine, [(int(items[b[0], 0]), items[b, 1]) for b in batches], stored),
         batch_size=None,
         num_workers=cfg.workers,
         collate_fn=keep_collated,

@@ -16,16 +16,18 @@ import torch
 
 from kdcache.data.wds_source import open_source
 from kdcache.distributed import close_world, init_world
+from kdcache.errors import UsageError
 from kdcache.models.teacher import TeacherInfo, create_teacher
 from kdcache.recipe import Recipe, load_recipe
 from kdcache.teacher_cache.build.classmap import class_map
 from kdcache.teacher_cache.build.config import BuildConfig
-from kdcache.teacher_cache.build.loop import BuildStats, run_units
+from kdcache.teacher_cache.build.loop import BuildStats, StoredViews, run_units
 from kdcache.teacher_cache.build.runner import TeacherRunner
 from kdcache.teacher_cache.build.schedule import all_units, assign
 from kdcache.teacher_cache.storage import Storage, build_lock, open_storage
 from kdcache.teacher_cache.store import (
     Manifest,
+    ManifestMismatchError,
     class_dtype,
     create_or_open_writer,
     make_manifest,
@@ -33,6 +35,7 @@ from kdcache.teacher_cache.store import (
     read_manifest,
 )
 from kdcache.teacher_cache.store.fidelity import format_summary, merge_unit_stats, write_summary, write_unit_stats
+from kdcache.teacher_cache.store.layers import layer_id, layer_storage, teacher_label, view_differences
 from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
 from kdcache.views import ViewEngine
 from kdcache.views.plan import num_slots_for
@@ -93,13 +96,29 @@ class BuildResult:
     bytes_on_disk: int
     # soft-label fidelity over the cache's measured views (store/fidelity.py FidelityStats.summary); None: none
     fidelity: dict | None = None
+    # The teacher's layer (its folder under CACHE/layers/) when the build added a teacher to existing
+    # views; None when it built the cache's own (first) layer. ``out`` is the cache either way; the
+    # other counts (views, bytes, epochs, fidelity) are the layer's.
+    layer: str | None = None
+
+    def headline(self, teacher: str) -> str:
+        if self.layer is None:
+            return f"kdcache build finished: {self.out} ({self.backend})"
+        what = {
+            "layer": f"added teacher {teacher} to cache {self.out}",
+            "complete": f"teacher {teacher} is already in cache {self.out}",
+        }.get(self.outcome, f"{self.outcome} teacher {teacher} of cache {self.out}")
+        return f"kdcache build: {what} ({self.backend})"
 
     def summary(self, teacher: str) -> str:
         """The build's closing report, one aligned line per fact."""
         s = self.stats
         lines = [
-            f"kdcache build finished: {self.out} ({self.backend})",
+            self.headline(teacher),
             f"  teacher        {teacher}",
+            f"  layer          layers/{self.layer}: views replayed from the cache's stored params, digests checked"
+            if self.layer
+            else "",
             f"  epochs         {sorted(self.epochs_complete)} complete of {self.epochs_planned} planned",
             f"  this run       {s.views} views in {s.seconds:.1f} s = {s.views_per_s:.1f} views/s"
             f" (rank 0 of {self.world_size}); teacher forward {s.teacher_seconds:.1f} s, "
@@ -153,20 +172,21 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
     """Build (or resume, or extend) the cache of ``prep`` at ``out``; every rank of a torchrun job calls
     this. Returns the result on rank 0, None on the others."""
     cfg = cfg.resolved()
+    target = plan_target(out, prep.manifest, cfg.epochs)  # every rank reads the same stored manifest
+    manifest, store = target.manifest, target.store
     world = init_world(cfg.device)
     with contextlib.ExitStack() as stack:
         stack.callback(close_world, world)
-        manifest = prep.manifest
         # Rank 0 takes the build lock and creates (or checks) the store first, so the others only
         # ever open a valid one and no unrelated build writes alongside this job.
         error = None
         before = None
         if world.is_main:
             try:
-                before = _existing_plan(out)
-                lock = build_lock(_storage(out)).acquire()
+                before = _existing_plan(store)
+                lock = build_lock(_storage(store)).acquire()
                 stack.callback(lock.release)
-                writer = create_or_open_writer(out, manifest)
+                writer = create_or_open_writer(store, manifest)
             except Exception as e:
                 error = e
         # The other ranks learn whether rank 0 succeeded instead of waiting at a barrier forever.
@@ -176,7 +196,7 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
         if failed is not None:
             raise RuntimeError(f"rank 0 could not open the cache: {failed}")
         if not world.is_main:
-            writer = create_or_open_writer(out, manifest)
+            writer = create_or_open_writer(store, manifest)
         completed = writer.completed_units()
         mine = assign(all_units(cfg.epochs, prep.num_slots, prep.unit_size), world.rank, world.size)
         pending = [u for u in mine if (u.epoch, u.index) not in completed]
@@ -188,7 +208,7 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
                 _write(epoch, unit, arrays)
 
         if world.is_main:
-            print(plan_line(out, manifest, cfg, completed, world.size), file=sys.stderr, flush=True)
+            print(plan_line(store, manifest, cfg, completed, world.size), file=sys.stderr, flush=True)
         runner = TeacherRunner(prep.model, prep.teacher.mean, prep.teacher.std, cfg)
         storage = writer.storage
 
@@ -196,19 +216,23 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
             write_unit_stats(storage, epoch, unit, unit_stats)
 
         dtype = class_dtype(manifest.num_classes)
-        stats = run_units(prep.engine, runner, pending, write, dtype, cfg, world, write_stats=write_stats)
+        stored = None if target.views is None else StoredViews(target.views)
+        stats = run_units(
+            prep.engine, runner, pending, write, dtype, cfg, world, write_stats=write_stats, stored=stored
+        )
         world.barrier()
         if not world.is_main:
             return None
         final = writer.finalize()
-        reader = open_cache(out)
+        reader = open_cache(store)
         # Bookkeeping after the manifest: merged over every committed unit, whichever run measured it.
         merged = merge_unit_stats(storage, reader.completed_units())
         fidelity = write_summary(storage, merged, manifest.topk, manifest.num_classes)
+        outcome = _outcome(before, cfg.epochs, bool(completed), bool(pending))
         return BuildResult(
-            out=reader.storage.absolute(),
+            out=reader.storage.absolute() if target.layer is None else _storage(out).absolute(),
             backend=final.backend,
-            outcome=_outcome(before, cfg.epochs, bool(completed), bool(pending)),
+            outcome="layer" if target.layer is not None and outcome == "new" else outcome,
             stats=stats,
             skipped_units=len(mine) - len(pending),
             world_size=world.size,
@@ -217,8 +241,60 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
             views=reader.num_views(),
             bytes_on_disk=reader.bytes_on_disk(),
             fidelity=fidelity,
+            layer=target.layer,
         )
     return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a build writes: the cache's own store, or the layer of its teacher on the cache's views."""
+
+    store: str  # the store to open: ``out``, or ``out/layers/<layer id>``
+    manifest: Manifest  # what to build there
+    layer: str | None = None  # the layer id when adding a teacher to existing views
+    views: str | None = None  # the cache whose stored views the layer replays
+
+
+def _same_teacher(a: Manifest, b: Manifest) -> bool:
+    keys = ("model", "weights_sha256", "precision")
+    return all(a.teacher.get(k) == b.teacher.get(k) for k in keys)
+
+
+def plan_target(out: str, manifest: Manifest, epochs: int) -> Target:
+    """New cache, resume or extend (``out`` itself), or add a teacher (a layer of ``out``'s views).
+
+    A cache at ``out`` of another teacher (model, weights or precision) whose views are those
+    ``manifest`` describes gets the teacher as a layer, laid out like the cache (its unit size) and
+    covering ``epochs`` of its complete epochs. Different views are refused with the differences."""
+    storage = _storage(out)
+    if storage.is_folder_like_file():
+        return Target(out, manifest)
+    first = read_manifest(storage, BUILD_HEADER) or read_manifest(storage, MANIFEST)
+    if first is None or not first.differences(manifest) or _same_teacher(first, manifest):
+        return Target(out, manifest)  # new, resumed or extended; or refused with the differences as ever
+    manifest = manifest.replace(unit_size=first.unit_size, epochs_planned=epochs)
+    diffs = view_differences(first, manifest)
+    if diffs:
+        raise ManifestMismatchError(
+            f"{out} holds views made with different settings, so teacher {teacher_label(manifest.teacher)} cannot "
+            f"be added to them; differing field(s): {', '.join(diffs)}. Pass the settings the cache was built "
+            f"with (`kdcache info {out}`), or build into a new directory",
+            diffs,
+        )
+    complete = open_cache(storage, allow_unfinished=True).epochs_complete
+    have = next((n for n in range(len(complete) + 1) if n not in complete), 0)  # leading complete epochs
+    if epochs > have:
+        raise UsageError(
+            f"--epochs {epochs}: the views of {out} have {have} complete leading epoch(s) {complete}, and a teacher "
+            f"is added only to complete views. Pass --epochs {have} or fewer, or first build the cache's own "
+            f"teacher ({teacher_label(first.teacher)}) to {epochs} epochs"
+            if have
+            else f"the views of {out} have no complete epoch yet; finish the build of its teacher "
+            f"({teacher_label(first.teacher)}) first, then add teacher {teacher_label(manifest.teacher)}"
+        )
+    lid = layer_id(manifest.teacher)
+    return Target(layer_storage(storage, lid).where(), manifest, layer=lid, views=storage.absolute())
 
 
 # Measured bytes per stored view (params, digest, top-10), docs/benchmarks.md; used to estimate a new

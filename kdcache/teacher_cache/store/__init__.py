@@ -27,6 +27,7 @@ from kdcache.teacher_cache.store.errors import (
     UnsupportedFormatError,
 )
 from kdcache.teacher_cache.store.fields import FIELDS, EpochBlock, UnitData, class_dtype, field_layout
+from kdcache.teacher_cache.store.layers import layer_id, layer_ids, layer_storage, teacher_label
 from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
 from kdcache.teacher_cache.store.manifest import (
     FORMAT_VERSION,
@@ -66,6 +67,8 @@ __all__ = [
     "make_manifest",
     "num_units",
     "open_cache",
+    "open_layer",
+    "open_layers",
     "stream_views",
     "topk_to_probs",
     "unit_slots",
@@ -113,6 +116,41 @@ def open_cache(path: str | Path | Storage, *, allow_unfinished: bool = False) ->
             f"`kdcache build ... --out {root}` command again to resume it"
         )
     return _backend(manifest.backend)[0](storage, manifest, finished)
+
+
+def open_layers(path: str | Path | Storage, *, allow_unfinished: bool = False) -> list[tuple[str | None, CacheReader]]:
+    """Every layer of a cache as (layer id, reader): (None, the cache's own store) first, then each
+    teacher layer under ``layers/`` by id (a layer whose build has not finished is opened unfinished;
+    a folder with no build header yet is skipped). A cache without layers has one."""
+    first = open_cache(path, allow_unfinished=allow_unfinished)
+    out: list[tuple[str | None, CacheReader]] = [(None, first)]
+    for lid in layer_ids(first.storage):
+        try:
+            out.append((lid, open_cache(layer_storage(first.storage, lid), allow_unfinished=True)))
+        except NotACacheError:
+            continue
+    return out
+
+
+def open_layer(path: str | Path | Storage, teacher: str | None, *, allow_unfinished: bool = False) -> CacheReader:
+    """The layer of ``teacher`` (its name as typed at build time, its timm model or its layer id);
+    None: the cache's own (first) layer."""
+    layers = open_layers(path, allow_unfinished=allow_unfinished)
+    if teacher is None:
+        return layers[0][1]
+    ids = [lid or layer_id(r.manifest.teacher) for lid, r in layers]  # the first layer answers to its id too
+    found = [r for lid, (_, r) in zip(ids, layers, strict=True) if teacher == lid]
+    found = found or [
+        r for _, r in layers if teacher in (teacher_label(r.manifest.teacher), r.manifest.teacher.get("model"))
+    ]
+    if len(found) == 1:
+        return found[0]
+    names = ", ".join(teacher_label(r.manifest.teacher) for _, r in layers)
+    if found:
+        raise CacheError(
+            f"--teacher {teacher!r} matches {len(found)} layers of {path}; name one by its layer id: {', '.join(ids)}"
+        )
+    raise CacheError(f"{path} has no layer of teacher {teacher!r}; its teachers: {names} (`kdcache info {path}`)")
 
 
 def create_or_open_writer(path: str | Path | Storage, manifest: Manifest, backend: str | None = None) -> CacheWriter:
