@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import yaml
 from build_helpers import run_cli
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -67,28 +68,34 @@ def test_demo_quick_end_to_end(tmp_path):
     args = ["demo", "--quick", "--out", str(out), "--workers", "0", "--no-progress"]
     r = run_cli(*args)
     table = r.stdout
-    for needle in ("teacher resnet10t", "build cache", "--kd none", "--kd cached", "--kd online", "TensorBoard"):
+    for needle in ("teacher resnet10t", "build cache", "--kd none", "--kd cached", "--kd online", "TensorBoard",
+                   "teacher resnet14t", "add resnet14t to the cache (a layer)", "--teacher resnet10t,resnet14t"):
         assert needle in table, table
     s = json.loads((out / "summary.json").read_text())
     assert s["config"]["quick"] and s["data"]["num_val"] == 300
     rows = s["students"]
-    assert [(x["student"], x["kd"]) for x in rows] == [
-        ("test_resnet", "none"),
-        ("test_resnet", "cached"),
-        ("test_resnet", "online"),
-        ("test_efficientnet", "cached"),
+    assert [(x["student"], x["kd"], x["teachers"]) for x in rows] == [
+        ("test_resnet", "none", ""),
+        ("test_resnet", "cached", ""),
+        ("test_resnet", "online", ""),
+        ("test_efficientnet", "cached", ""),
+        ("test_resnet", "cached", "resnet10t,resnet14t"),  # from both teachers' layers of the one cache
     ]
     for x in rows:
-        run = out / "runs" / "seed0" / f"{x['student']}-{x['kd']}"
+        run = out / "runs" / "seed0" / (f"{x['student']}-{x['kd']}" + ("-ensemble" if x["teachers"] else ""))
         assert (run / "final.pt").is_file() and (run / "metrics.jsonl").is_file() and (run / "tb").is_dir()
         assert 0 <= x["top1_final"] <= 100
         assert (x["teacher_s"] > 0) == (x["kd"] == "online")  # only the online run pays for the teacher
     assert s["build"]["views"] == 256 and s["build"]["teacher_s"] > 0
+    # the second teacher saw the same 256 views, re-rendered from the cache's stored params
+    assert s["add_teacher"]["views"] == 256 and (out / "cache" / "layers" / s["add_teacher"]["layer"]).is_dir()
+    ensemble = yaml.safe_load((out / "runs" / "seed0" / "test_resnet-cached-ensemble" / "config.yaml").read_text())
+    assert [t["name"] for t in ensemble["info"]["teachers"]] == ["resnet10t", "resnet14t"]
     assert (out / "teacher" / "resnet10t.pth").is_file()
     assert set(s["parity"]["mean_top1"]) == {"none", "cached", "online"}
     # A rerun reuses every finished stage.
     again = run_cli(*args)
-    assert again.stderr.count("reused") >= 6, again.stderr
+    assert again.stderr.count("reused") >= 9, again.stderr
     assert json.loads((out / "summary.json").read_text())["students"][1]["top1_final"] == rows[1]["top1_final"]
 
 

@@ -9,9 +9,10 @@ import timm
 import torch
 
 from kdcache.models.precision import TeacherForward, parse_precision, precision_name
-from kdcache.registry.key import cache_key, identity
+from kdcache.registry.key import cache_key
 from kdcache.teacher_cache.build.config import BuildConfig
 from kdcache.teacher_cache.store.errors import ManifestError
+from kdcache.teacher_cache.store.layers import layer_id
 from kdcache.teacher_cache.store.manifest import TEACHER_PRECISIONS, Manifest
 from kdcache.testing.synthetic_cache import synthetic_manifest
 
@@ -55,12 +56,14 @@ def test_head_runs_in_fp32_on_autocast_features():
     assert torch.allclose(out, ref, atol=0.1)
 
 
-def test_precision_is_in_the_key_and_old_caches_keep_theirs():
+def test_precision_names_its_own_layer_and_old_caches_still_read():
+    """The registry key covers the views alone (issue 15); the precision makes other labels, so a teacher
+    at another precision is another layer of the same views."""
     old = with_precision(synthetic_manifest(), None)
     fp32 = with_precision(old, "fp32")
     fp16 = with_precision(old, "fp16-autocast+fp32-head")
-    assert "precision" not in identity(old)
-    assert len({cache_key(old), cache_key(fp32), cache_key(fp16)}) == 3
+    assert len({cache_key(old), cache_key(fp32), cache_key(fp16)}) == 1
+    assert len({layer_id(m.teacher) for m in (old, fp32, fp16)}) == 3
     assert Manifest.from_json(old.to_json()).teacher.get("precision") is None  # still reads
 
 

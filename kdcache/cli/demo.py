@@ -20,6 +20,12 @@ from kdcache.cli.common import fail_cleanly
 @click.option("--teacher", default="resnet10t", show_default=True, help="timm teacher, trained here from scratch.")
 @click.option("--teacher-epochs", default=6, show_default=True, type=click.IntRange(min=1))
 @click.option(
+    "--teacher2",
+    default="resnet14t",
+    show_default=True,
+    help="Second timm teacher, trained here and added to the same cache as a layer.",
+)
+@click.option(
     "--student", default="test_resnet", show_default=True, help="Student trained with --kd none/cached/online."
 )
 @click.option(
@@ -44,9 +50,11 @@ def demo(**options) -> None:
     1. writes the digits as a 32 px RGB ImageFolder (every 6th image to val: 1,497 train / 300 val);
     2. trains a teacher from scratch (plain CE) and saves its weights;
     3. `kdcache build`s one cache with the `digits` preset;
-    4. trains a small student three ways (--kd none, cached, online) per seed, and a second student
-       from the same cache;
-    5. prints top-1 (model, EMA, averaged EMA), wall times and teacher time; writes OUT/summary.md.
+    4. trains a second teacher and adds it to the same cache as a layer (`kdcache build --teacher T2
+       --out CACHE`: the views are replayed, not sampled again);
+    5. trains a small student three ways (--kd none, cached, online) per seed, a second student
+       from the same cache, and the first student from both teachers (`--teacher T1,T2`);
+    6. prints top-1 (model, EMA, averaged EMA), wall times and teacher time; writes OUT/summary.md.
 
     A rerun with the same options reuses finished stages.
     """

@@ -47,6 +47,7 @@ class DemoConfig:
     quick: bool = False
     teacher: str = "resnet10t"
     teacher_epochs: int = 6
+    teacher2: str = "resnet14t"  # a second teacher, added to the same cache as a layer
     student: str = "test_resnet"
     student2: str = "test_efficientnet"
     epochs: int | None = None  # student epochs and cached epochs; None: the preset's
@@ -81,6 +82,15 @@ class DemoConfig:
     def teacher_spec(self) -> TeacherSpec:
         return TeacherSpec(model=self.teacher, epochs=1 if self.quick else self.teacher_epochs)
 
+    @property
+    def teacher2_spec(self) -> TeacherSpec:
+        return TeacherSpec(model=self.teacher2, epochs=1 if self.quick else self.teacher_epochs, seed=1)
+
+    @property
+    def ensemble(self) -> str:
+        """The `--teacher` of the student trained from both layers."""
+        return f"{self.teacher},{self.teacher2}"
+
 
 @dataclass
 class StudentRow:
@@ -94,6 +104,7 @@ class StudentRow:
     teacher_s: float  # teacher forwards inside this run (online only)
     out_dir: str
     reused: bool = False
+    teachers: str = ""  # --teacher of a run from several layers ("" for the cache's own teacher)
 
 
 @dataclass
@@ -102,6 +113,8 @@ class DemoSummary:
     data: dict[str, Any]
     teacher: dict[str, Any]
     build: dict[str, Any]
+    teacher2: dict[str, Any] = field(default_factory=dict)
+    add_teacher: dict[str, Any] = field(default_factory=dict)
     students: list[StudentRow] = field(default_factory=list)
     total_s: float = 0.0
 
@@ -152,8 +165,11 @@ def stage_data(cfg: DemoConfig) -> dict[str, Any]:
     }
 
 
-def stage_teacher(cfg: DemoConfig, data: dict[str, Any], echo: Callable[[str], None]) -> dict[str, Any]:
-    spec = cfg.teacher_spec
+def stage_teacher(
+    cfg: DemoConfig, data: dict[str, Any], echo: Callable[[str], None], second: bool = False
+) -> dict[str, Any]:
+    spec = cfg.teacher2_spec if second else cfg.teacher_spec
+    key = "teacher2" if second else "teacher"
     weights = cfg.out / "teacher" / f"{spec.model}.pth"
     recipe = load_recipe(PRESET).train
     config = {
@@ -163,11 +179,15 @@ def stage_teacher(cfg: DemoConfig, data: dict[str, Any], echo: Callable[[str], N
         "eval_crop_pct": recipe.eval_crop_pct,
         "eval_interpolation": recipe.eval_interpolation,
     }
-    saved = _load_stage(cfg.out, "teacher", config)
+    saved = _load_stage(cfg.out, key, config)
     if saved is not None and weights.is_file():
         return {**saved, "reused": True}
-    _forget_stage(cfg.out, "build")  # a new teacher means a new cache
-    shutil.rmtree(cfg.out / "cache", ignore_errors=True)
+    if second:  # a new second teacher means a new layer
+        _forget_stage(cfg.out, "add_teacher")
+        shutil.rmtree(cfg.out / "cache" / "layers", ignore_errors=True)
+    else:  # a new teacher means a new cache
+        _forget_stage(cfg.out, "build")
+        shutil.rmtree(cfg.out / "cache", ignore_errors=True)
     r = train_teacher(
         data["train"],
         data["val"],
@@ -178,7 +198,7 @@ def stage_teacher(cfg: DemoConfig, data: dict[str, Any], echo: Callable[[str], N
         log=echo if cfg.progress else (lambda _: None),
     )
     result = {"weights": str(r.weights), "model": r.model, "top1": r.top1, "top5": r.top5, "seconds": r.seconds}
-    return {**_save_stage(cfg.out, "teacher", config, result), "reused": False}
+    return {**_save_stage(cfg.out, key, config, result), "reused": False}
 
 
 def stage_build(cfg: DemoConfig, data: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
@@ -219,6 +239,44 @@ def stage_build(cfg: DemoConfig, data: dict[str, Any], teacher: dict[str, Any]) 
     return {**_save_stage(cfg.out, "build", config, result), "reused": False}
 
 
+def stage_add_teacher(
+    cfg: DemoConfig, data: dict[str, Any], teacher2: dict[str, Any], build: dict[str, Any]
+) -> dict[str, Any]:
+    """`kdcache build --teacher T2 --out CACHE`: the second teacher's soft labels on the cache's views."""
+    from kdcache.teacher_cache.build.config import BuildConfig
+    from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
+
+    bc = BuildConfig(
+        teacher=cfg.teacher2,
+        data=data["train"],
+        out=build["cache"],
+        epochs=build["epochs"],
+        topk=cfg.topk,
+        seed=0,
+        recipe=PRESET,
+        teacher_weights=teacher2["weights"],
+        batch_size=128,
+        workers=cfg.workers,
+        progress=cfg.progress,
+    )
+    config = {**dataclasses.asdict(bc), "progress": None, "teacher_top1": teacher2["top1"], "cache": build["seconds"]}
+    saved = _load_stage(cfg.out, "add_teacher", config)
+    if saved is not None and (Path(build["cache"]) / "layers" / saved.get("layer", "?")).is_dir():
+        return {**saved, "reused": True}
+    t0 = time.perf_counter()
+    built = run_build(bc, prepare_build(bc), bc.out)
+    wall = time.perf_counter() - t0
+    assert built is not None and built.layer is not None  # one process; the cache holds another teacher
+    result = {
+        "layer": built.layer,
+        "views": built.stats.views,
+        "seconds": wall,
+        "teacher_s": built.stats.teacher_seconds,
+        "summary": built.summary(bc.teacher),
+    }
+    return {**_save_stage(cfg.out, "add_teacher", config, result), "reused": False}
+
+
 def _recipe_file(cfg: DemoConfig, seed: int) -> Path:
     """The digits preset with the student's seed: `kdcache train` has no --seed, only --config."""
     recipe = load_recipe(PRESET)
@@ -251,16 +309,19 @@ def stage_student(
     seed: int,
     student: str,
     kd: str,
+    teachers: str = "",
 ) -> StudentRow:
     from kdcache.student.run import TrainConfig, run_train
 
-    run_dir = cfg.out / "runs" / f"seed{seed}" / f"{student}-{kd}"
+    name = f"{student}-{kd}" + ("-ensemble" if teachers else "")
+    run_dir = cfg.out / "runs" / f"seed{seed}" / name
     args = TrainConfig(
         student=student,
         cache=build["cache"],
         out=str(run_dir),
         val_data=data["val"],
         kd=kd,
+        teacher=teachers or None,
         teacher_weights=teacher["weights"] if kd == "online" else None,
         config=str(_recipe_file(cfg, seed)),
         epochs=cfg.student_epochs,
@@ -268,7 +329,7 @@ def stage_student(
         replay_check=16,
         progress=cfg.progress,
     )
-    key = f"seed{seed}-{student}-{kd}"
+    key = f"seed{seed}-{name}"
     config = {**dataclasses.asdict(args), "progress": None, "cache_built": build.get("seconds")}
     saved = _load_stage(cfg.out, key, config)
     if saved is not None and (run_dir / "final.pt").is_file():
@@ -280,7 +341,7 @@ def stage_student(
     if result is None or not result.completed:
         raise RuntimeError(f"student run {run_dir} did not complete")
     m, e, f = read_metrics(run_dir)
-    row = StudentRow(seed, student, kd, m, e, f, wall, result.teacher_seconds, str(run_dir))
+    row = StudentRow(seed, student, kd, m, e, f, wall, result.teacher_seconds, str(run_dir), teachers=teachers)
     _save_stage(cfg.out, key, config, {"row": dataclasses.asdict(row)})
     return row
 
@@ -291,7 +352,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoSummar
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        n_stages = 3 + cfg.seeds * 4
+        n_stages = 5 + cfg.seeds * 5
         stage = 0
 
         def head(text: str) -> None:
@@ -320,13 +381,27 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoSummar
             f"      {build['views']} views, teacher forward {build['teacher_s']:.1f} s of {build['seconds']:.0f} s"
             f"{_reused(build)}"
         )
-        summary = DemoSummary(dataclasses.asdict(cfg), data, teacher, build)
+        spec2 = cfg.teacher2_spec
+        head(f"second teacher: {spec2.model} from scratch, {spec2.epochs} epoch(s), seed {spec2.seed}")
+        teacher2 = stage_teacher(cfg, data, echo, second=True)
+        echo(f"      val top-1 {teacher2['top1']:.2f}% ({teacher2['seconds']:.0f} s){_reused(teacher2)}")
+        head(f"add a teacher: `kdcache build --teacher {cfg.teacher2} --out {build['cache']}` (a layer)")
+        added = stage_add_teacher(cfg, data, teacher2, build)
+        if not added["reused"]:
+            echo("\n".join("      " + line.strip() for line in added["summary"].splitlines()))
+        echo(
+            f"      {added['views']} views re-rendered from their stored params, teacher forward "
+            f"{added['teacher_s']:.1f} s of {added['seconds']:.0f} s{_reused(added)}"
+        )
+        summary = DemoSummary(dataclasses.asdict(cfg), data, teacher, build, teacher2, added)
         summary.config["out"] = str(cfg.out)
         for seed in range(cfg.seeds):
-            runs = [(cfg.student, kd) for kd in MODES] + [(cfg.student2, "cached")]
-            for student, kd in runs:
-                head(f"student seed {seed}: `kdcache train --student {student} --kd {kd}`")
-                row = stage_student(cfg, data, teacher, build, seed, student, kd)
+            runs = [(cfg.student, kd, "") for kd in MODES] + [(cfg.student2, "cached", "")]
+            runs.append((cfg.student, "cached", cfg.ensemble))
+            for student, kd, teachers in runs:
+                flag = f" --teacher {teachers}" if teachers else ""
+                head(f"student seed {seed}: `kdcache train --student {student} --kd {kd}{flag}`")
+                row = stage_student(cfg, data, teacher, build, seed, student, kd, teachers)
                 summary.students.append(row)
                 extra = f", teacher forward {row.teacher_s:.1f} s" if kd == "online" else ""
                 echo(
@@ -349,7 +424,7 @@ def parity(rows: list[StudentRow], student: str) -> dict[str, Any]:
     """Means over seeds of the main student's final (averaged EMA) top-1 per KD mode."""
     by_mode: dict[str, list[float]] = {}
     for r in rows:
-        if r.student == student:
+        if r.student == student and not r.teachers:
             by_mode.setdefault(r.kd, []).append(r.top1_final)
     means = {k: statistics.fmean(v) for k, v in by_mode.items() if v}
     out: dict[str, Any] = {"student": student, "seeds": len(by_mode.get("cached", [])), "mean_top1": means}
@@ -362,22 +437,31 @@ def parity(rows: list[StudentRow], student: str) -> dict[str, Any]:
 
 def format_table(s: DemoSummary) -> str:
     cfg = s.config
+    W = 62  # the run column: the ensemble's --teacher list is long
     t, b = s.teacher, s.build
     lines = [
         f"kdcache demo: scikit-learn digits, {s.data['num_train']} train / {s.data['num_val']} val, "
         f"{IMAGE_SIZE} px, preset `{PRESET}`, {cfg['seeds']} seed(s), {cfg['threads']} torch thread(s)"
         + ("  [--quick: smoke run, accuracies mean nothing]" if cfg["quick"] else ""),
         "",
-        f"{'run':<38} {'top-1 model':>11} {'EMA':>7} {'final':>7} {'wall s':>7} {'teacher s':>10}",
-        f"{'teacher ' + t['model'] + ' (plain CE)':<38} {t['top1']:>11.2f} {'':>7} {'':>7} "
+        f"{'run':<{W}} {'top-1 model':>11} {'EMA':>7} {'final':>7} {'wall s':>7} {'teacher s':>10}",
+        f"{'teacher ' + t['model'] + ' (plain CE)':<{W}} {t['top1']:>11.2f} {'':>7} {'':>7} "
         f"{t['seconds']:>7.0f} {'':>10}",
-        f"{'build cache (' + str(b['epochs']) + ' ep, ' + str(b['views']) + ' views)':<38} {'':>11} {'':>7} "
+        f"{'build cache (' + str(b['epochs']) + ' ep, ' + str(b['views']) + ' views)':<{W}} {'':>11} {'':>7} "
         f"{'':>7} {b['seconds']:>7.0f} {b['teacher_s']:>10.1f}",
     ]
+    t2, a = s.teacher2, s.add_teacher
+    if t2 and a:
+        lines += [
+            f"{'teacher ' + t2['model'] + ' (plain CE)':<{W}} {t2['top1']:>11.2f} {'':>7} {'':>7} "
+            f"{t2['seconds']:>7.0f} {'':>10}",
+            f"{'add ' + t2['model'] + ' to the cache (a layer)':<{W}} {'':>11} {'':>7} {'':>7} "
+            f"{a['seconds']:>7.0f} {a['teacher_s']:>10.1f}",
+        ]
     for r in s.students:
-        name = f"seed {r.seed} {r.student} --kd {r.kd}"
+        name = f"seed {r.seed} {r.student} --kd {r.kd}" + (f" --teacher {r.teachers}" if r.teachers else "")
         lines.append(
-            f"{name:<38} {r.top1_model:>11.2f} {r.top1_ema:>7.2f} {r.top1_final:>7.2f} {r.wall_s:>7.0f} "
+            f"{name:<{W}} {r.top1_model:>11.2f} {r.top1_ema:>7.2f} {r.top1_final:>7.2f} {r.wall_s:>7.0f} "
             f"{(f'{r.teacher_s:.1f}' if r.kd == 'online' else '0'):>10}"
         )
     p = parity(s.students, cfg["student"])
@@ -414,21 +498,24 @@ def parity_markdown(s: DemoSummary) -> str:
     """Per-seed final top-1 of every run, and the means: the table of docs/parity.md."""
     cfg = s.config
     main, second = cfg["student"], cfg["student2"]
-    cols = [(main, kd) for kd in MODES] + [(second, "cached")]
-    by = {(r.seed, r.student, r.kd): r for r in s.students}
-    head = ["seed", *(f"{m} {kd}" for m, kd in cols), "cached - online", "cached - none", "online run: teacher s"]
+    ensemble = f"{cfg['teacher']},{cfg['teacher2']}"
+    # (student, kd, --teacher): the ensemble column is the main student, cached, from both layers
+    cols = [(main, kd, "") for kd in MODES] + [(second, "cached", ""), (main, "cached", ensemble)]
+    by = {(r.seed, r.student, r.kd, r.teachers): r for r in s.students}
+    names = [f"{m} {kd}" + (" (both teachers)" if t else "") for m, kd, t in cols]
+    head = ["seed", *names, "cached - online", "cached - none", "online run: teacher s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     seeds = sorted({r.seed for r in s.students})
     for seed in seeds:
-        vals = [by.get((seed, m, kd)) for m, kd in cols]
+        vals = [by.get((seed, *col)) for col in cols]
         tops = [f"{v.top1_final:.2f}" if v else "" for v in vals]
-        c, o, n = (by.get((seed, main, kd)) for kd in ("cached", "online", "none"))
+        c, o, n = (by.get((seed, main, kd, "")) for kd in ("cached", "online", "none"))
         d_on = f"{c.top1_final - o.top1_final:+.2f}" if c and o else ""
         d_none = f"{c.top1_final - n.top1_final:+.2f}" if c and n else ""
         lines.append("| " + " | ".join([str(seed), *tops, d_on, d_none, f"{o.teacher_s:.1f}" if o else ""]) + " |")
     means = []
-    for m, kd in cols:
-        v = [r.top1_final for r in s.students if (r.student, r.kd) == (m, kd)]
+    for col in cols:
+        v = [r.top1_final for r in s.students if (r.student, r.kd, r.teachers) == col]
         means.append(f"**{statistics.fmean(v):.2f}**" if v else "")
     p = parity(s.students, main)
     d_on = f"**{p['cached_minus_online_pp']:+.2f}**" if "cached_minus_online_pp" in p else ""
