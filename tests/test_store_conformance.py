@@ -435,3 +435,27 @@ def test_stream_views_refuses_a_zarr_cache(tmp_path, content):
     write_cache(tmp_path / "c", "zarr", content)
     with pytest.raises(CacheError, match="kdcache export"):
         stream_views(tmp_path / "c")
+
+
+def test_a_header_created_between_read_and_listing_is_compared_not_refused(tmp_path):
+    """Two processes open the same new cache: one reads no header, the other creates it, the first then
+    lists the folder and finds it. It must compare with that header, not call the folder foreign."""
+    from kdcache.teacher_cache.storage import LocalStorage
+
+    m = make_manifest("zarr")
+    create_or_open_writer(tmp_path / "c", m)  # the other process, first
+
+    class LateHeader(LocalStorage):
+        hidden = True
+
+        def read(self, key: str) -> bytes:
+            if key == BUILD_HEADER and LateHeader.hidden:  # our first read came before their create
+                LateHeader.hidden = False
+                raise self.missing(key)
+            return super().read(key)
+
+    writer = create_or_open_writer(LateHeader(tmp_path / "c"), m)
+    assert writer.manifest.differences(m) == []
+    LateHeader.hidden = True
+    with pytest.raises(ManifestMismatchError, match="seed"):
+        create_or_open_writer(LateHeader(tmp_path / "c"), m.replace(seed=m.seed + 1))

@@ -201,24 +201,30 @@ def stage_teacher(
     return {**_save_stage(cfg.out, key, config, result), "reused": False}
 
 
-def stage_build(cfg: DemoConfig, data: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
+def _build_config(cfg: DemoConfig, data: dict[str, Any], teacher: str, weights: str, out: str, epochs: int):
+    """`kdcache build --recipe digits` of one teacher into the demo's cache (its own store or a layer)."""
     from kdcache.teacher_cache.build.config import BuildConfig
-    from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
 
-    epochs = cfg.student_epochs  # one cached epoch per student epoch: no view is shown twice
-    bc = BuildConfig(
-        teacher=cfg.teacher,
+    return BuildConfig(
+        teacher=teacher,
         data=data["train"],
-        out=str(cfg.out / "cache"),
+        out=out,
         epochs=epochs,
         topk=cfg.topk,
         seed=0,
         recipe=PRESET,
-        teacher_weights=teacher["weights"],
+        teacher_weights=weights,
         batch_size=128,
         workers=cfg.workers,
         progress=cfg.progress,
     )
+
+
+def stage_build(cfg: DemoConfig, data: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
+    from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
+
+    epochs = cfg.student_epochs  # one cached epoch per student epoch: no view is shown twice
+    bc = _build_config(cfg, data, cfg.teacher, teacher["weights"], str(cfg.out / "cache"), epochs)
     config = {**dataclasses.asdict(bc), "progress": None, "teacher_top1": teacher["top1"]}
     saved = _load_stage(cfg.out, "build", config)
     if saved is not None and (cfg.out / "cache").is_dir():
@@ -243,22 +249,9 @@ def stage_add_teacher(
     cfg: DemoConfig, data: dict[str, Any], teacher2: dict[str, Any], build: dict[str, Any]
 ) -> dict[str, Any]:
     """`kdcache build --teacher T2 --out CACHE`: the second teacher's soft labels on the cache's views."""
-    from kdcache.teacher_cache.build.config import BuildConfig
     from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
 
-    bc = BuildConfig(
-        teacher=cfg.teacher2,
-        data=data["train"],
-        out=build["cache"],
-        epochs=build["epochs"],
-        topk=cfg.topk,
-        seed=0,
-        recipe=PRESET,
-        teacher_weights=teacher2["weights"],
-        batch_size=128,
-        workers=cfg.workers,
-        progress=cfg.progress,
-    )
+    bc = _build_config(cfg, data, cfg.teacher2, teacher2["weights"], build["cache"], build["epochs"])
     config = {**dataclasses.asdict(bc), "progress": None, "teacher_top1": teacher2["top1"], "cache": build["seconds"]}
     saved = _load_stage(cfg.out, "add_teacher", config)
     if saved is not None and (Path(build["cache"]) / "layers" / saved.get("layer", "?")).is_dir():

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdcache.errors import UsageError
-from kdcache.teacher_cache.store import open_cache
+from kdcache.teacher_cache.store import open_layers
 from kdcache.teacher_cache.store.layers import (
-    layer_ids,
-    layer_storage,
     parse_teacher_spec,
     teacher_label,
     view_differences,
@@ -64,15 +62,14 @@ def cache_teachers(reader) -> list[TeacherLayer]:
     """Every teacher of the cache ``reader`` opened: its own first, then its layers by id. A layer whose
     views differ from the cache's (it cannot be one) is refused rather than trained on."""
     out = [first_teacher(reader)]
-    for lid in layer_ids(reader.storage):
-        layer = open_cache(layer_storage(reader.storage, lid), allow_unfinished=True)
+    for lid, layer in open_layers(reader.storage)[1:]:  # [0] is the cache's own store, opened as ``reader``
         diff = view_differences(reader.manifest, layer.manifest)
         if diff:
             raise UsageError(
                 f"layer {lid} of {reader.root} describes other views than the cache ({', '.join(diff[:5])}); "
                 f"remove it (kdcache rm) and add the teacher again with `kdcache build --teacher T --out CACHE`"
             )
-        out.append(TeacherLayer(teacher_label(layer.manifest.teacher), lid, layer))
+        out.append(TeacherLayer(teacher_label(layer.manifest.teacher), str(lid), layer))
     return out
 
 

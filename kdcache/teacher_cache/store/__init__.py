@@ -171,6 +171,10 @@ def create_or_open_writer(path: str | Path | Storage, manifest: Manifest, backen
     stored = read_manifest(storage, BUILD_HEADER) or read_manifest(storage, MANIFEST)
     if stored is None:
         others = sorted(n for n in storage.listdir() if not is_temp(n) and n not in _TOLERATED)
+        if BUILD_HEADER in others or MANIFEST in others:
+            # Another process created the header between our read and our listing: compare with theirs.
+            stored = read_manifest(storage, BUILD_HEADER) or read_manifest(storage, MANIFEST)
+    if stored is None:
         if others:
             raise NotACacheError(
                 f"{root} is not empty ({', '.join(others[:5])}) and holds no kdcache build; "
