@@ -1,0 +1,226 @@
+"""Distillation parity where k < C: online KD vs. cached top-k KD vs. no KD, real 1000-class teacher.
+
+Views: kdcache's view engine (seed recipe, 224 px, RandAugment, Mixup/CutMix pairs) over
+label_fidelity.py's real photos, each filed under a WordNet-id folder: photo set A, view seed 1
+(train); held out: set A under view seed 3 (fresh views of the training photos) and set B, view
+seed 2 (photos never trained on). Rendered once; the teacher (tf_efficientnet_lite0, ImageNet
+weights, see label_fidelity.py) runs once on them in fp32 and its full logits are kept, with the
+uint8 views, in ``--views-cache`` (npz), so reruns skip both.
+
+Every way trains the same student (timm ``--student``, 1000 classes, from the same init for a given
+seed) on the same views, downscaled once to ``--px`` with torch bilinear interpolation (antialias),
+in the same batch order, with kdcache's own loss (``KDLoss``: 0.8 KL + 0.2 CE, T 1, smoothing 0.1);
+only the teacher target differs:
+
+- ``online``: ``TeacherTarget.from_logits`` (the teacher's full softmax);
+- ``topK``: ``TeacherTarget.from_topk`` of ``logits_to_topk(logits, K)`` (the cache's fp16 top-K,
+  the leftover mass spread evenly over the other classes);
+- ``pca``: top-10 + PCA tail (benchmarks/pca_tail.py, rank 16, int4, fitted on the training views);
+- ``none``: CE on the mixed, smoothed labels only (``KDLoss`` without a teacher: weight 1.0).
+
+Labels are the photos' WordNet folders mapped to the teacher's ImageNet indices
+(``class_map``, as ``kdcache build`` does). Reported on each held-out set, mean ± sample std over
+seeds: top-1 agreement of student and teacher, KL(teacher || student) (nats, teacher full softmax).
+
+    PYTHONPATH=. python benchmarks/kd_parity.py [--seeds 3] [--steps 64] [--ways online,top10,top100,none]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import label_fidelity as lf
+import pca_tail
+
+from kdcache.data import ImageFolderSource
+from kdcache.recipe import load_recipe
+from kdcache.student.loss import KDLoss
+from kdcache.student.targets import TeacherTarget
+from kdcache.teacher_cache.build.classmap import class_map
+from kdcache.teacher_cache.store.topk import logits_to_topk
+from kdcache.views import ViewEngine
+
+SETS = {"train": ("A", 1), "heldA": ("A", 3), "heldB": ("B", 2)}  # name -> (photo set, view seed)
+
+
+def render(root: Path, n_views: int, seed: int, teacher: torch.nn.Module, to_imagenet: np.ndarray) -> dict:
+    """n_views views (successive epochs, whole pairs), uint8 NHWC; teacher fp32 logits; ImageNet labels."""
+    engine = ViewEngine(ImageFolderSource(root), load_recipe("seed").augment, seed)
+    out: dict[str, list] = {"images": [], "logits": [], "y": [], "lam": []}
+    epoch = 0
+    while sum(len(x) for x in out["logits"]) < n_views:
+        plan = engine.plan(epoch)
+        b = engine.render_batch(epoch, np.arange(plan.sample_ids.shape[0] // 2))
+        x = b["images"].permute(0, 3, 1, 2).float().div_(255).sub_(0.5).div_(0.5)
+        with torch.inference_mode():
+            out["logits"].append(teacher(x).float().numpy())
+        out["images"].append(b["images"].numpy().copy())
+        out["y"].append(to_imagenet[b["labels"]])
+        out["lam"].append(b["lam"])
+        epoch += 1
+    return {k: np.concatenate(v)[:n_views] for k, v in out.items()}
+
+
+def load_views(path: Path, n: dict[str, int]) -> dict[str, dict[str, np.ndarray]]:
+    if path.exists():
+        d = np.load(path)
+        if all(d[f"{s}_logits"].shape[0] >= n[s] for s in SETS):
+            print(f"views and teacher logits from {path}", flush=True)
+            return {s: {k: d[f"{s}_{k}"][: n[s]] for k in ("images", "logits", "y", "lam")} for s in SETS}
+    t0 = time.perf_counter()
+    teacher, images, data = lf.load_teacher(), lf.photos(), {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for folders, name in ((lf.SET_A, "A"), (lf.SET_B, "B")):
+            lf.write_folder(Path(tmp) / name, folders, images)
+        for s, (photo_set, seed) in SETS.items():
+            root = Path(tmp) / photo_set
+            cmap = class_map(ImageFolderSource(root).classes, teacher).as_array()
+            data[s] = render(root, n[s], seed, teacher, cmap)
+            print(f"{s}: {n[s]} views of set {photo_set}, view seed {seed}", flush=True)
+    np.savez(path, **{f"{s}_{k}": v for s, d in data.items() for k, v in d.items()})
+    print(f"rendered and ran the teacher in {time.perf_counter() - t0:.0f} s", flush=True)
+    return data
+
+
+def to_input(images: np.ndarray, px: int) -> torch.Tensor:
+    """uint8 NHWC 224 px -> float NCHW px, normalised with mean/std 0.5 (the same for every way)."""
+    outs = []
+    for i in range(0, len(images), 256):
+        x = torch.from_numpy(images[i : i + 256]).permute(0, 3, 1, 2).float().div_(255)
+        x = F.interpolate(x, size=(px, px), mode="bilinear", antialias=True, align_corners=False)
+        outs.append(x.sub_(0.5).div_(0.5))
+    return torch.cat(outs)
+
+
+def targets(way: str, logits: np.ndarray, fit_logits: np.ndarray) -> torch.Tensor | None:
+    """Teacher log-probs (N, C) float32 of one way, or None (no KD)."""
+    z = torch.from_numpy(logits)
+    c = z.shape[1]
+    if way == "none":
+        return None
+    if way == "online":
+        return TeacherTarget.from_logits(z).log_probs
+    if way.startswith("top"):
+        lp, cls = logits_to_topk(z, int(way[3:]))
+        return TeacherTarget.from_topk(lp, cls, c).log_probs
+    if way == "pca":
+        model = pca_tail.fit(fit_logits, r=16, bits=4, k=10)
+        q = pca_tail.decode(pca_tail.encode(logits, model, k=10), model, c)
+        return torch.log(torch.from_numpy(np.asarray(q, np.float32)))
+    raise ValueError(way)
+
+
+def train(args, x, y, lam, tlp, seed: int) -> torch.nn.Module:
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model(args.student, num_classes=1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    warm = max(1, args.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + np.cos(np.pi * (s - warm) / (args.steps - warm)))
+    )
+    loss_fn = KDLoss(1000)
+    pairs = len(x) // 2
+    g = torch.Generator().manual_seed(seed)  # batch order: per seed, the same for every way
+    order = torch.cat([torch.randperm(pairs, generator=g) for _ in range(-(-args.steps * args.batch // len(x)) + 1)])
+    ya, yb = torch.from_numpy(y), torch.from_numpy(y).view(-1, 2).flip(1).reshape(-1)
+    lam_t = torch.from_numpy(lam)
+    model.train()
+    for step in range(args.steps):
+        p = order[step * args.batch // 2 : (step + 1) * args.batch // 2]
+        idx = torch.stack([2 * p, 2 * p + 1], 1).reshape(-1)  # whole pairs, as the trainer's batches
+        teacher = None if tlp is None else TeacherTarget(tlp[idx])
+        loss = loss_fn(model(x[idx]), ya[idx], yb[idx], lam_t[idx], teacher).total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, logits: np.ndarray) -> tuple[float, float]:
+    s = torch.cat([model(x[i : i + 128]) for i in range(0, len(x), 128)]).float()
+    lt = torch.log_softmax(torch.from_numpy(logits).double(), 1)
+    ls = torch.log_softmax(s.double(), 1)
+    agree = (s.argmax(1) == lt.argmax(1)).double().mean().item()
+    kl = (lt.exp() * (lt - ls)).sum(1).mean().item()
+    return 100 * agree, kl
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train-views", type=int, default=1024)
+    ap.add_argument("--eval-views", type=int, default=256, help="per held-out set")
+    ap.add_argument("--views-cache", default=os.path.join(tempfile.gettempdir(), "kdcache_kdparity_views.npz"))
+    ap.add_argument("--student", default="resnet10t")
+    ap.add_argument("--px", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed0", type=int, default=0)
+    ap.add_argument("--ways", default="online,top10,top100,none")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    assert args.batch % 2 == 0
+
+    n = {"train": args.train_views, "heldA": args.eval_views, "heldB": args.eval_views}
+    data = load_views(Path(args.views_cache), n)
+    tr = data["train"]
+    x = to_input(tr["images"], args.px)
+    evals = {s: (to_input(data[s]["images"], args.px), data[s]["logits"]) for s in ("heldA", "heldB")}
+    ways = args.ways.split(",")
+    tl = {w: targets(w, tr["logits"], tr["logits"]) for w in ways}
+    print(
+        f"train {len(x)} views (set A, view seed 1), {args.steps} steps x {args.batch} "
+        f"({args.steps * args.batch / len(x):.1f} passes); student {args.student} at {args.px} px; "
+        f"held out: heldA = set A, view seed 3 ({n['heldA']}), heldB = set B, view seed 2 ({n['heldB']})",
+        flush=True,
+    )
+    res: dict[str, list[dict[str, float]]] = {w: [] for w in ways}
+    for seed in range(args.seed0, args.seed0 + args.seeds):
+        for w in ways:
+            t0 = time.perf_counter()
+            model = train(args, x, tr["y"], tr["lam"], tl[w], seed)
+            r = {}
+            for s, (xe, ze) in evals.items():
+                r[f"{s}_agree"], r[f"{s}_kl"] = evaluate(model, xe, ze)
+            res[w].append(r)
+            print(
+                f"seed {seed} {w:7s} " + " ".join(f"{k} {v:.3f}" for k, v in r.items())
+                + f"  {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
+
+    def ms(vals: list[float], fmt: str) -> str:
+        v = np.asarray(vals)
+        return f"{v.mean():{fmt}} ± {v.std(ddof=1) if len(v) > 1 else 0.0:{fmt}}"
+
+    print()
+    print("| way | agree % heldA | KL heldA | agree % heldB | KL heldB |")
+    print("|---|---:|---:|---:|---:|")
+    for w in ways:
+        rs = res[w]
+        print(
+            f"| {w} | {ms([r['heldA_agree'] for r in rs], '.1f')} | {ms([r['heldA_kl'] for r in rs], '.3f')} "
+            f"| {ms([r['heldB_agree'] for r in rs], '.1f')} | {ms([r['heldB_kl'] for r in rs], '.3f')} |"
+        )
+    print(f"(mean ± sample std over {args.seeds} seed(s); per-seed rows above)")
+
+
+if __name__ == "__main__":
+    main()
