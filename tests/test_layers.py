@@ -203,6 +203,11 @@ def test_registry_adds_a_teacher_to_the_views_lists_finds_and_removes_it(setup, 
 
     before = content_hash(open_cache(cache))
     removed = run_cli("rm", key, *root, "--teacher", "test_efficientnet", "--yes")
+    assert _layers(cache) == []
+    # build --cache KEY names the views explicitly (a key prefix, as everywhere a key is taken)
+    by_key = run_cli(*tiny_build(data, w2, None, *root, "--teacher", "test_efficientnet", "--cache", key[:6]))
+    assert f"added teacher test_efficientnet to cache {cache}" in by_key.stderr
+    removed = run_cli("rm", key, *root, "--teacher", "test_efficientnet", "--yes")
     assert "removed teacher test_efficientnet" in removed.stdout
     assert _layers(cache) == [] and content_hash(open_cache(cache)) == before
     refused = run_cli("rm", key, *root, "--teacher", "test_resnet", "--yes", check=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import click
@@ -18,6 +19,11 @@ from kdcache.cli.common import fail_cleanly
     "--out",
     help="Cache directory or fsspec URL (s3://bucket/prefix), created or resumed. "
     "Default: the cache root, under a key made from what determines the content.",
+)
+@click.option(
+    "--cache",
+    help="An existing cache to add this teacher to, by registry key (prefix) or path: the teacher's soft labels "
+    "become a layer on the cache's views (same as --out for a path).",
 )
 @click.option(
     "--cache-root",
@@ -99,6 +105,10 @@ def build_and_summarise(cfg) -> str:
     from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
 
     cfg = cfg.resolved()
+    if cfg.cache is not None:  # a registry key: the finished cache it names is the target
+        from kdcache.registry.lookup import resolve_cache_arg
+
+        cfg = dataclasses.replace(cfg, out=resolve_cache_arg(cfg.cache, finished=True, root=cfg.cache_root), cache=None)
     prep = prepare_build(cfg)
     dest = None
     out = cfg.out

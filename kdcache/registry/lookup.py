@@ -135,14 +135,14 @@ def entry_for_key(root: Storage, text: str, *, finished: bool) -> Entry:
     return prefer_zarr(entries)
 
 
-def resolve_cache_arg(cache: str, *, finished: bool = True) -> str:
-    """CACHE as given to info/show/verify/export: a path or URL unchanged, a registry key (prefix) looked
-    up under $KDCACHE_HOME (or the default root)."""
+def resolve_cache_arg(cache: str, *, finished: bool = True, root: str | None = None) -> str:
+    """CACHE as given to info/show/verify/export (and build --cache): a path or URL unchanged, a registry
+    key (prefix) looked up under ``root`` (default $KDCACHE_HOME, or the default root)."""
     if not is_registry_key(cache):
         return cache
     from kdcache.registry.root import cache_root
 
-    return entry_for_key(cache_root(), cache, finished=finished).location
+    return entry_for_key(cache_root(root), cache, finished=finished).location
 
 
 def recorded_build_command(cache: str) -> str | None:

@@ -17,6 +17,7 @@ class BuildConfig:
     teacher: str
     data: str
     out: str | None = None  # None: the registry under cache_root picks ROOT/KEY/FORMAT
+    cache: str | None = None  # an existing cache by registry key (or path): add this teacher to its views
     cache_root: str | None = None  # None: $KDCACHE_HOME or the user's cache directory
     format: str = "zarr"
     epochs: int | None = None  # None: the recipe's training epochs (a student should not cycle a short cache)
@@ -36,6 +37,8 @@ class BuildConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.out is not None and self.cache is not None:
+            raise UsageError("give --out or --cache, not both: --cache names an existing cache (a registry key)")
         if self.format not in ("zarr", "wds"):
             raise UsageError(f"--format must be zarr or wds, got {self.format!r}")
         if self.epochs is not None and self.epochs < 1:
