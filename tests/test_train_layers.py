@@ -186,3 +186,20 @@ def test_train_batch_checks_the_layer_columns():
         TrainBatch(**b, topk_layers=((3, 0.5), (3, 0.5)))
     with pytest.raises(ValueError, match="weights must be > 0"):
         TrainBatch(**b, topk_layers=((3, 0.5), (1, 0.0)))
+
+
+def test_show_dense_gives_the_ensemble_the_trainer_uses(layered):
+    """`kdcache show --teacher T1:0.7,T2:0.3 --json --dense`: the weighted mean of each layer's dense output."""
+    import json
+
+    _, _, a, _, _ = layered
+
+    def dense(teacher: str) -> np.ndarray:
+        out = run_cli("show", str(a), "--json", "--dense", "--slots", "0:6", "--teacher", teacher).stdout
+        return np.array([json.loads(line)["probs"] for line in out.splitlines()])
+
+    mixed = dense(f"test_resnet:0.7,{NAME_B}:0.3")
+    np.testing.assert_allclose(mixed, 0.7 * dense("test_resnet") + 0.3 * dense(NAME_B), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(mixed, dense("test_resnet"))
+    refused = run_cli("show", str(a), "--slots", "0:2", "--teacher", f"test_resnet,{NAME_B}", check=False)
+    assert refused.returncode != 0 and "--dense" in refused.stderr

@@ -18,7 +18,11 @@ from kdcache.cli.common import fail_cleanly, parse_slots
 @click.option("--epoch", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--slots", default="0:8", show_default=True, help="Half-open slot range A:B of the epoch.")
 @click.option("--data", help="Where the images are now, to show sample paths (default: the recorded source).")
-@click.option("--teacher", help="Whose top-k to show: a teacher layer's name or model [default: the cache's first].")
+@click.option(
+    "--teacher",
+    help="Whose top-k to show: a teacher layer's name or model [default: the cache's first]; with --dense, "
+    "T1,T2 or T1:0.7,T2:0.3 gives the ensemble's distribution as `train --teacher` uses it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per view.")
 @click.option(
     "--dense",
@@ -48,7 +52,19 @@ def show(
 
     a, b = parse_slots(slots)
     cache = resolve_cache_arg(cache, finished=False)
-    reader = open_layer(cache, teacher, allow_unfinished=True)
+    ensemble = None  # the chosen teachers, when --teacher names several
+    if teacher is not None and "," in teacher:
+        from kdcache.student.teachers import select_teachers
+        from kdcache.teacher_cache.store import open_cache
+
+        ensemble = select_teachers(open_cache(cache, allow_unfinished=True), teacher)
+        if not dense:
+            raise click.BadParameter(
+                "several teachers are shown as one distribution: add --json --dense", param_hint="--teacher"
+            )
+        reader = ensemble[0].reader
+    else:
+        reader = open_layer(cache, teacher, allow_unfinished=True)
     m = reader.manifest
     if b > m.num_slots:
         raise click.BadParameter(f"an epoch has {m.num_slots} slots; {slots} is out of range", param_hint="--slots")
@@ -69,13 +85,17 @@ def show(
         start = unit_slots(m, u)[0]
         rows = reader.read_unit(epoch, u)
         lo, hi = max(a, start), min(b, start + rows.num_views)
-        probs = (
-            training_targets(
+        probs = None
+        if dense and ensemble is not None:
+            parts = [(t.reader.read_unit(epoch, u), t.weight) for t in ensemble]
+            probs = ensemble_targets(
+                [(r.topk_logprob[lo - start : hi - start], r.topk_class[lo - start : hi - start], w) for r, w in parts],
+                m.num_classes,
+            )
+        elif dense:
+            probs = training_targets(
                 rows.topk_logprob[lo - start : hi - start], rows.topk_class[lo - start : hi - start], m.num_classes
             )
-            if dense
-            else None
-        )
         for slot in range(lo, hi):
             view = describe_view(m, epoch, slot, rows, slot - start, names)
             if probs is not None:
@@ -96,6 +116,19 @@ def training_targets(topk_logprob: np.ndarray, topk_class: np.ndarray, num_class
 
     target = TeacherTarget.from_topk(torch.from_numpy(topk_logprob), torch.from_numpy(topk_class), num_classes)
     return target.log_probs.exp().numpy()
+
+
+def ensemble_targets(parts: list[tuple[np.ndarray, np.ndarray, float]], num_classes: int) -> np.ndarray:
+    """float32 (V, C): several teachers' rows (log-probs, classes, weight) mixed as `train --teacher T1,T2`
+    mixes them, by the trainer's own code."""
+    import torch
+
+    from kdcache.student.targets import TeacherTarget
+
+    lp = torch.from_numpy(np.concatenate([p[0] for p in parts], axis=1))
+    cls = torch.from_numpy(np.concatenate([p[1].astype(np.int64) for p in parts], axis=1))
+    layers = tuple((p[0].shape[1], p[2]) for p in parts)
+    return TeacherTarget.from_topk_mixture(lp, cls, num_classes, layers).log_probs.exp().numpy()
 
 
 CAPTION_LINES = 4  # top-3 classes + the mass outside the stored top-k
