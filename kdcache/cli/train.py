@@ -115,16 +115,26 @@ def train(**options) -> None:
 
 
 def build_hint(cfg) -> str | None:
-    """The `kdcache build` command that creates the cache this run looks up (None if it cannot look up),
-    with as many epochs as the student trains (the recipe's unless --epochs says)."""
+    """The `kdcache build` command(s) that create the cache this run looks up (None if it cannot look up),
+    with as many epochs as the student trains (the recipe's unless --epochs says): one build for the
+    first teacher of --teacher, then one per further teacher, which the registry adds as a layer."""
     from kdcache.teacher_cache.build.config import BuildConfig
+    from kdcache.teacher_cache.store.layers import parse_teacher_spec
 
     if cfg.cache is not None or cfg.teacher is None or cfg.data is None:
         return None
-    return BuildConfig(
-        teacher=cfg.teacher,
-        data=cfg.data,
-        teacher_weights=cfg.teacher_weights,
-        cache_root=cfg.cache_root,
-        epochs=cfg.epochs,
-    ).command_line()
+    try:
+        names = [name for name, _ in parse_teacher_spec(cfg.teacher)]
+    except ValueError:
+        names = [cfg.teacher]
+    commands = [
+        BuildConfig(
+            teacher=name,
+            data=cfg.data,
+            teacher_weights=cfg.teacher_weights if len(names) == 1 else None,
+            cache_root=cfg.cache_root,
+            epochs=cfg.epochs,
+        ).command_line()
+        for name in names
+    ]
+    return "\n  ".join(commands)

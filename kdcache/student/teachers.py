@@ -74,18 +74,26 @@ def cache_teachers(reader) -> list[TeacherLayer]:
 
 
 def _find(name: str, teachers: list[TeacherLayer]) -> TeacherLayer | None:
-    """By the name typed at build time; else by the timm model it resolves to, if only one layer has it."""
+    """By layer id, else by the name typed at build time, else by the timm model it resolves to. Two
+    layers answering to one name (one architecture, two weights) are an error naming their ids."""
+    by_id = [t for t in teachers if t.layer == name]
+    if by_id:
+        return by_id[0]
     exact = [t for t in teachers if t.name == name]
-    if exact:
-        return exact[0]
-    from kdcache.models.teacher import TeacherError, resolve_name
+    if not exact:
+        from kdcache.models.teacher import TeacherError, resolve_name
 
-    try:
-        model = resolve_name(name)
-    except TeacherError:
-        return None
-    same = [t for t in teachers if t.teacher.get("model") == model]
-    return same[0] if len(same) == 1 else None
+        try:
+            model = resolve_name(name)
+        except TeacherError:
+            return None
+        exact = [t for t in teachers if t.teacher.get("model") == model]
+    if len(exact) > 1:
+        ids = ", ".join(t.layer for t in exact)
+        raise UsageError(
+            f"--teacher {name!r} matches {len(exact)} layers of the cache; name one by its layer id: {ids}"
+        )
+    return exact[0] if exact else None
 
 
 def select_teachers(reader, spec: str | None) -> tuple[TeacherLayer, ...]:

@@ -210,6 +210,9 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
         if world.is_main:
             print(plan_line(store, manifest, cfg, completed, world.size), file=sys.stderr, flush=True)
         runner = TeacherRunner(prep.model, prep.teacher.mean, prep.teacher.std, cfg)
+        recorded = manifest.teacher.get("precision")
+        if recorded is not None and runner.precision != recorded:  # the manifest must say what ran
+            raise RuntimeError(f"the teacher runs at {runner.precision} but the manifest records {recorded}")
         storage = writer.storage
 
         def write_stats(epoch, unit, unit_stats):
