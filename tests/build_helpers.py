@@ -166,3 +166,32 @@ def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 600) -> subpr
 
 def cache_info(path: Path) -> dict:
     return json.loads(run_cli("info", str(path), "--json").stdout)
+
+
+def kill_once_writing(args: list[str], folder: Path, new_files: int, timeout: float = 120) -> bool:
+    """Start ``kdcache ARGS`` in a subprocess, SIGKILL it once ``new_files`` more files appeared under
+    ``folder`` than when its first file did (so it dies mid-write), and return whether it was still
+    running then (False: it finished first, and the test needs a longer job)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdcache", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def count() -> int:
+        return sum(len(files) for _, _, files in os.walk(folder)) if folder.exists() else 0
+
+    deadline = time.monotonic() + timeout
+    baseline = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        n = count()
+        if baseline is None and n > 0:
+            baseline = n
+        if baseline is not None and n >= baseline + new_files:
+            break
+        time.sleep(0.005)
+    was_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return was_running

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +9,8 @@ import pytest
 import timm
 import torch
 from build_helpers import (
-    REPO,
     cache_info,
+    kill_once_writing,
     run_cli,
     run_torchrun,
     three_class_setup,
@@ -97,29 +92,13 @@ def test_two_process_torchrun_gives_the_same_digest(setup, reference, tmp_path):
     assert cache_info(out)["content_digest"] == reference[1]["content_digest"]
 
 
-def _count_files(path: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(path)) if path.exists() else 0
-
-
 @pytest.mark.parametrize("trial", [0, 1])
 def test_sigkill_mid_build_then_resume_gives_the_same_digest(setup, reference, tmp_path, trial):
     _, data, weights = setup
     out = tmp_path / f"killed{trial}"
-    cmd = [sys.executable, "-m", "kdcache", *build_args(data, weights, out, "--epochs", "2", "--unit-size", "2")]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Wait until units are being written, then kill at a trial-dependent point in the stream.
-    deadline = time.monotonic() + 120
-    baseline = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        n = _count_files(out)
-        if baseline is None and n > 0:
-            baseline = n
-        if baseline is not None and n >= baseline + 4 + 6 * trial:
-            break
-        time.sleep(0.005)
-    was_running = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # Kill once units are being written, at a trial-dependent point in the stream.
+    args = build_args(data, weights, out, "--epochs", "2", "--unit-size", "2")
+    was_running = kill_once_writing(args, out, 4 + 6 * trial)
     assert was_running, "the build finished before it could be killed; make it longer"
     info = run_cli("info", str(out), "--json", check=False)
     assert info.returncode != 0 or '"epochs_complete": [0, 1]' not in info.stdout

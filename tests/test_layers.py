@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pytest
-from build_helpers import REPO, cache_info, run_cli, three_class_setup, tiny_build, write_teacher
+from build_helpers import cache_info, kill_once_writing, run_cli, three_class_setup, tiny_build, write_teacher
 from PIL import Image
 
 from kdcache.teacher_cache.store import content_hash, open_cache
@@ -130,32 +125,13 @@ def test_an_altered_image_is_caught_by_the_digest_check(tmp_path):
         assert r.epochs_complete == []
 
 
-def _count_files(path: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(path)) if path.exists() else 0
-
-
 def test_sigkill_mid_add_then_resume_gives_the_same_bytes(setup, layered, tmp_path):
     _, data, w1, w2 = setup
     cache = tmp_path / "cache"
     args = tiny_build(data, w1, cache, "--epochs", "2", "--unit-size", "2")
     run_cli(*args)
     add = tiny_build(data, w2, cache, "--epochs", "2", "--unit-size", "2")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kdcache", *add], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    layers = cache / "layers"
-    deadline = time.monotonic() + 120
-    baseline = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        n = _count_files(layers)
-        if baseline is None and n > 0:
-            baseline = n
-        if baseline is not None and n >= baseline + 6:
-            break
-        time.sleep(0.005)
-    was_running = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    was_running = kill_once_writing(add, cache / "layers", 6)
     assert was_running, "the add finished before it could be killed; make it longer"
     (layer,) = _layers(cache)
     assert open_cache(layer, allow_unfinished=True).epochs_complete != [0, 1]
