@@ -87,7 +87,8 @@ def show(
         lo, hi = max(a, start), min(b, start + rows.num_views)
         probs = None
         if dense and ensemble is not None:
-            parts = [(t.reader.read_unit(epoch, u), t.weight) for t in ensemble]
+            # the first chosen teacher's rows are ``rows`` already (reader is its layer)
+            parts = [(rows if t.reader is reader else t.reader.read_unit(epoch, u), t.weight) for t in ensemble]
             probs = ensemble_targets(
                 [(r.topk_logprob[lo - start : hi - start], r.topk_class[lo - start : hi - start], w) for r, w in parts],
                 m.num_classes,

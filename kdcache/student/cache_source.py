@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from kdcache.errors import UsageError
 from kdcache.student.batch import TrainBatch, process_pairs, steps_per_epoch, train_batch_from_collated
+from kdcache.student.teachers import common_epochs
 from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch
 from kdcache.views import PairBatchDataset, ViewEngine, keep_collated
 from kdcache.views.plan import cycle_pair_order
@@ -81,7 +82,7 @@ class CacheBatchSource:
                 "`kdcache build` command again; it resumes)"
             )
         if self.teachers is not None:
-            self.epochs = sorted(set(self.epochs).intersection(*(r.epochs_complete for r, _ in self.teachers)))
+            self.epochs = common_epochs(reader, [r for r, _ in self.teachers])
             if not self.epochs:
                 raise UsageError(
                     f"the chosen teachers of cache {reader.root} have no complete epoch in common: finish "

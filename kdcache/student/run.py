@@ -223,7 +223,7 @@ def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | N
         for t in teachers:
             check_temperature(args.kd, recipe.train.temperature, t.reader.manifest.topk, m.num_classes)
         engine = open_replay(m, args.data)
-        epochs = common_epochs(teachers, reader) if args.kd == "cached" else sorted(reader.epochs_complete)
+        epochs = common_epochs(reader, [t.reader for t in teachers])  # not cached: the cache's own teacher alone
         info = [
             f"cache {args.cache}: {len(epochs)} complete epoch(s), {m.num_slots} views each, teacher "
             f"{m.teacher.get('name', m.teacher['id'])}"

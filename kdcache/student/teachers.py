@@ -124,9 +124,10 @@ def select_teachers(reader, spec: str | None) -> tuple[TeacherLayer, ...]:
     return tuple(out)
 
 
-def common_epochs(layers: tuple[TeacherLayer, ...], reader) -> list[int]:
-    """Epochs complete in the cache and in every chosen layer (a layer still being built has fewer)."""
+def common_epochs(reader, layer_readers) -> list[int]:
+    """Epochs complete in the cache and in every chosen layer's reader (a layer still being built has
+    fewer): what a run trains on, and what its start lines report."""
     done = set(reader.epochs_complete)
-    for t in layers:
-        done &= set(t.reader.epochs_complete)
+    for r in layer_readers:
+        done &= set(r.epochs_complete)
     return sorted(done)

@@ -87,9 +87,10 @@ class BuildBatches(Dataset):
             return self.engine.render_batch(epoch, pairs)
         block = self.stored.block(epoch)
         slots = np.stack([2 * np.asarray(pairs), 2 * np.asarray(pairs) + 1], axis=1).ravel()
-        batch = self.engine.render_batch(epoch, pairs, records=block.params[slots])
+        stored = block.params[slots]
+        batch = self.engine.render_batch(epoch, pairs, records=stored)
         check_replayed(self.stored.cache, epoch, batch, block)
-        batch["records"] = block.params[slots]
+        batch["records"] = stored  # the layer's view arrays are the cache's, byte for byte
         return batch
 
 
