@@ -20,11 +20,6 @@ def ra_spec(cfg: AugmentConfig) -> RASpec | None:
     )
 
 
-def num_ra_layers(cfg: AugmentConfig) -> int:
-    spec = ra_spec(cfg)
-    return 0 if spec is None else spec.num_layers
-
-
 def sample_crop(
     g: np.random.Generator, width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]
 ) -> tuple[int, int, int, int]:

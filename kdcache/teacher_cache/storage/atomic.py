@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,19 +78,6 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, exclusive: bool =
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    fsync_path(path.parent)
-    return True
-
-
-def publish_dir(tmp: Path, path: Path) -> bool:
-    """Move a fully built directory into place; False (and ``tmp`` removed) if ``path`` already exists."""
-    try:
-        os.rename(tmp, path)  # fails with ENOTEMPTY/EEXIST when another process got there first
-    except OSError:
-        if not path.is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-        return False
     fsync_path(path.parent)
     return True
 
