@@ -91,10 +91,11 @@ class FitResult:
     # the next batch (timm's train.py `Data` against `Time`); see kdcache.bottleneck.
     train_seconds: float = 0.0
     data_seconds: float = 0.0
+    step_seconds: float = 0.0  # in the optimiser steps themselves (not checkpoint writes or logging)
 
     @property
     def feed(self) -> FeedTimes:
-        return FeedTimes(self.train_seconds, self.data_seconds, self.train_seconds - self.data_seconds)
+        return FeedTimes(self.train_seconds, self.data_seconds, self.step_seconds)
 
 
 def _teacher_choice(info: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -145,7 +146,8 @@ class Trainer:
         self.device = torch.device(options.device)
         self.amp_dtype = amp_dtype(options.amp)
         self.teacher_seconds = 0.0  # wall time of online teacher forwards in this process
-        self.train_seconds = self.data_seconds = 0.0  # wall time of epoch loops, and waiting for batches
+        # wall time of epoch loops, the part waiting for batches, the part in optimiser steps
+        self.train_seconds = self.data_seconds = self.step_seconds = 0.0
         self.out_dir = options.out_dir
 
         self.model = create_student(cfg, num_classes).to(self.device)
@@ -324,6 +326,7 @@ class Trainer:
             self.teacher_seconds,
             self.train_seconds,
             self.data_seconds,
+            self.step_seconds,
         )
 
     def _ema_state(self) -> dict[str, Any]:
@@ -392,7 +395,7 @@ class Trainer:
             leave=False,
         )
         t0 = time.perf_counter()
-        data_s = 0.0
+        data_s = step_s = 0.0
         batches = iter(source.epoch_batches(epoch, start_step))
         try:
             for step in range(start_step, steps):
@@ -405,7 +408,9 @@ class Trainer:
                     ) from None
                 # Blocked on the loader; the step after it ends in a device sync (the finite-loss check).
                 data_s += time.perf_counter() - tw
+                ts = time.perf_counter()
                 parts = self._step(batch, epoch, step)
+                step_s += time.perf_counter() - ts
                 run += 1
                 self.step_in_epoch = step + 1
                 for k, v in parts.detached().items():
@@ -428,6 +433,7 @@ class Trainer:
             bar.close()
             self.train_seconds += time.perf_counter() - t0
             self.data_seconds += data_s
+            self.step_seconds += step_s
         elapsed = time.perf_counter() - t0
         keys = sorted(sums)
         totals = self.dist.all_reduce_sum([*(sums[k] for k in keys), run], self.device)
