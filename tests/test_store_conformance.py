@@ -20,6 +20,7 @@ from kdcache.teacher_cache import (
     IncompleteEpochError,
     ManifestMismatchError,
     NotACacheError,
+    FORMAT_VERSION,
     UnitData,
     UnsupportedFormatError,
     content_hash,
@@ -283,7 +284,7 @@ def test_newer_format_version_is_refused(loc, backend, content):
     storage = open_storage(path)
     for name in (MANIFEST, BUILD_HEADER):
         doc = json.loads(storage.read(name))
-        doc["format_version"] = 2
+        doc["format_version"] = FORMAT_VERSION + 1
         doc["field_from_the_future"] = True
         storage.write(name, json.dumps(doc).encode())
     with pytest.raises(UnsupportedFormatError, match="upgrade kdcache") as info:

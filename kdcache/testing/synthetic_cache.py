@@ -11,6 +11,7 @@ import numpy as np
 
 from kdcache import __version__
 from kdcache.teacher_cache.store.fields import UnitData, class_dtype
+from kdcache.teacher_cache.store.labels import quantize_tail
 from kdcache.teacher_cache.store.manifest import Manifest, utc_now_iso
 from kdcache.teacher_cache.store.units import unit_slots
 from kdcache.views import params as P
@@ -29,8 +30,12 @@ def synthetic_manifest(
     repeats: int = 3,
     image_size: int = 224,
     seed: int = 0,
+    tail_classes: int = 0,
 ) -> Manifest:
+    """A version 1 manifest, or version 2 with ``tail_classes`` > 0."""
     return Manifest(
+        format_version=2 if tail_classes else 1,
+        tail_classes=tail_classes,
         kdcache_version=__version__,
         backend=backend,
         teacher={
@@ -130,7 +135,7 @@ def synthetic_topk(
     """Top-k of a teacher whose logits are noise + peak*lam at label_a + peak*(1-lam) at label_b."""
     import torch
 
-    n, c, k = label_a.shape[0], manifest.num_classes, manifest.topk
+    n, c, k = label_a.shape[0], manifest.num_classes, manifest.label_width
     lp_out = np.empty((n, k), np.float16)
     cls_out = np.empty((n, k), class_dtype(c))
     tg = torch.Generator().manual_seed(int(g.integers(0, 2**63)))
@@ -143,5 +148,5 @@ def synthetic_topk(
         logits[rows, torch.from_numpy(label_b[s:e])] += peak * (1 - la)
         # torch.topk, not logits_to_topk: 8x faster on CPU, and exact ties do not occur in random logits.
         lp, cls = torch.log_softmax(logits, -1).topk(k, dim=-1)
-        lp_out[s:e], cls_out[s:e] = lp.clamp_min(-65504).numpy(), cls.numpy()
+        lp_out[s:e], cls_out[s:e] = quantize_tail(lp, manifest.topk).numpy(), cls.numpy()
     return lp_out, cls_out

@@ -11,6 +11,9 @@ import torch
 from kdcache.errors import UsageError
 from kdcache.models.precision import amp_dtype, has_split_head, precision_name
 
+# Format 2's tail: ranks 11-20 after a top-10 keep a 1000-class cache near 64 B/view (docs/benchmarks.md).
+DEFAULT_TAIL_CLASSES = 10
+
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -23,6 +26,8 @@ class BuildConfig:
     epochs: int | None = None  # None: the recipe's training epochs (a student should not cycle a short cache)
     repeats: int | None = None  # None: the recipe's
     topk: int = 10
+    format_version: int = 1  # 2: the top-k plus a tail of 4-bit log-probs (store/labels.py)
+    tail_classes: int | None = None  # format 2's tail; None: DEFAULT_TAIL_CLASSES
     image_size: int | None = None  # None: the recipe's
     seed: int = 0
     recipe: str = "seed"
@@ -45,6 +50,14 @@ class BuildConfig:
             raise UsageError(f"--epochs must be >= 1, got {self.epochs}")
         if self.topk < 1:
             raise UsageError(f"--topk must be >= 1, got {self.topk}")
+        if self.format_version not in (1, 2):
+            raise UsageError(f"--format-version must be 1 or 2, got {self.format_version}")
+        if self.tail_classes is not None and self.format_version == 1:
+            raise UsageError(
+                "--tail-classes needs --format-version 2 (format 1 stores only the top-k); add --format-version 2"
+            )
+        if self.tail_classes is not None and self.tail_classes < 1:
+            raise UsageError(f"--tail-classes must be >= 1, got {self.tail_classes}")
         if self.batch_size < 2 or self.batch_size % 2:
             raise UsageError(f"--batch-size must be even (mixing pairs stay whole), got {self.batch_size}")
         if self.unit_size < 2 or self.unit_size % 2:
@@ -63,6 +76,12 @@ class BuildConfig:
     def resolved(self) -> BuildConfig:
         """This config with every default that depends on the recipe filled in."""
         return self if self.epochs is not None else dataclasses.replace(self, epochs=self.resolved_epochs())
+
+    def tail(self) -> int:
+        """Classes stored after the top-k: 0 in format 1."""
+        if self.format_version == 1:
+            return 0
+        return DEFAULT_TAIL_CLASSES if self.tail_classes is None else self.tail_classes
 
     def amp_dtype(self) -> torch.dtype | None:
         amp = self.amp
@@ -85,6 +104,8 @@ class BuildConfig:
         parts = ["kdcache", "build", "--teacher", self.teacher, "--data", self.data, "--format", self.format]
         parts += ["--epochs", str(self.resolved_epochs()), "--seed", str(self.seed), "--topk", str(self.topk)]
         parts += ["--recipe", self.recipe]
+        if self.format_version != 1:
+            parts += ["--format-version", str(self.format_version), "--tail-classes", str(self.tail())]
         for flag, value in (("--repeats", self.repeats), ("--image-size", self.image_size)):
             if value is not None:
                 parts += [flag, str(value)]

@@ -164,7 +164,7 @@ def run_units(
         persistent_workers=False,
         prefetch_factor=4 if cfg.workers else None,
     )
-    assembler = UnitAssembler(cfg.topk, engine.record_width, class_dtype)
+    assembler = UnitAssembler(cfg.topk + cfg.tail(), engine.record_width, class_dtype)
     total = int(items.shape[0]) * 2
     bar = tqdm(
         total=total,

@@ -151,6 +151,7 @@ def prepare_build(cfg: BuildConfig) -> PreparedBuild:
         recipe=recipe.to_dict(),
         seed=cfg.seed,
         topk=cfg.topk,
+        tail_classes=cfg.tail(),
         class_names=list(cmap.class_names),
         dataset={
             "fingerprint": source.fingerprint,
@@ -230,7 +231,7 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
         reader = open_cache(store)
         # Bookkeeping after the manifest: merged over every committed unit, whichever run measured it.
         merged = merge_unit_stats(storage, reader.completed_units())
-        fidelity = write_summary(storage, merged, manifest.topk, manifest.num_classes)
+        fidelity = write_summary(storage, merged, manifest)
         outcome = _outcome(before, cfg.epochs, bool(completed), bool(pending))
         return BuildResult(
             out=reader.storage.absolute() if target.layer is None else _storage(out).absolute(),

@@ -13,12 +13,12 @@ from kdcache.teacher_cache.store.topk import logits_to_topk
 
 
 class TeacherRunner:
-    """uint8 NHWC views -> top-k log-probs and classes, on the teacher's device."""
+    """uint8 NHWC views -> top-k log-probs and classes (and format 2's tail), on the teacher's device."""
 
     def __init__(self, model: torch.nn.Module, mean, std, cfg: BuildConfig):
         self.device = torch.device(cfg.device)
         self.channels_last = cfg.use_channels_last()
-        self.k = cfg.topk
+        self.k, self.tail = cfg.topk, cfg.tail()
         model = model.to(self.device).eval()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -36,14 +36,14 @@ class TeacherRunner:
         return self.model(self.preprocess(images))
 
     def topk(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        lp, cls = logits_to_topk(self.logits(images), self.k)
+        lp, cls = logits_to_topk(self.logits(images), self.k, self.tail)
         return lp.cpu().numpy(), cls.cpu().numpy()
 
     def topk_and_fidelity(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`topk` plus each view's mass outside the top-k and reconstruction KL (store/fidelity.py),
         computed on the device from the full logits: two floats per view come back, not C."""
         logits = self.logits(images)
-        lp, cls = logits_to_topk(logits, self.k)
+        lp, cls = logits_to_topk(logits, self.k, self.tail)
         with torch.inference_mode():
             outside, kl = topk_fidelity(logits, lp, cls)
         return lp.cpu().numpy(), cls.cpu().numpy(), outside.cpu().numpy(), kl.cpu().numpy()

@@ -217,11 +217,14 @@ def make_manifest(
     record_width: int,
     repeats: int | None = None,
     image_size: int | None = None,
+    tail_classes: int = 0,
 ) -> Manifest:
     """A build's manifest: repeats and image size default to the recipe's, num_classes is the teacher's,
     and version, creation time and library versions are filled in from this process."""
     augment = recipe.get("augment", {})
     return Manifest(
+        format_version=2 if tail_classes else 1,
+        tail_classes=tail_classes,
         kdcache_version=__version__,
         backend=backend,
         teacher=teacher,

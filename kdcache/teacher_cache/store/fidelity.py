@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from kdcache.teacher_cache.storage import Storage
+from kdcache.teacher_cache.store.manifest import Manifest
 
 FIDELITY = "fidelity.json"
 FIDELITY_DIR = "fidelity"
@@ -155,12 +156,15 @@ def merge_unit_stats(storage: Storage, units: set[tuple[int, int]]) -> FidelityS
     return total
 
 
-def write_summary(storage: Storage, stats: FidelityStats, topk: int, num_classes: int) -> dict[str, Any]:
+def write_summary(storage: Storage, stats: FidelityStats, manifest: Manifest) -> dict[str, Any]:
     """Write ``fidelity.json`` (summary + the merged histograms) and return the summary."""
+    m = manifest
+    stored = "top-k fp16 log-probs" + (f" + {m.tail_classes} tail classes at 4 bits" if m.tail_classes else "")
     doc = {
-        "topk": topk,
-        "num_classes": num_classes,
-        "rule": "top-k fp16 log-probs, leftover mass spread evenly (topk_to_probs), T=1",
+        "topk": m.topk,
+        "tail_classes": m.tail_classes,
+        "num_classes": m.num_classes,
+        "rule": f"{stored}, leftover mass spread evenly (topk_to_probs), T=1",
         "quantiles": "upper bin edges: outside 0.005 linear; kl 40 geometric bins per decade from 1e-4",
         **stats.summary(),
         "histogram": json.loads(stats.to_json()),

@@ -21,9 +21,9 @@ from kdcache.teacher_cache.store.manifest import RESUMABLE_FIELDS, Manifest
 LAYERS_DIR = "layers"
 VIEW_FIELDS = ("sample_id", "repeat", "params", "digest")  # the same in every layer
 LABEL_FIELDS = ("topk_logprob", "topk_class")  # each layer's own
-# Manifest fields in which a layer may differ from the cache's first layer: its teacher and k, and the
+# Manifest fields in which a layer may differ from the cache's first layer: its teacher and labels, and the
 # bookkeeping of the process that wrote it. Everything else describes the views and must be equal.
-LAYER_FIELDS = frozenset({"teacher", "topk", "kdcache_version", "library_versions"})
+LAYER_FIELDS = frozenset({"teacher", "topk", "tail_classes", "format_version", "kdcache_version", "library_versions"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 

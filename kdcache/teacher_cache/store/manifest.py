@@ -26,7 +26,9 @@ from kdcache.teacher_cache.store.schema import (
 if TYPE_CHECKING:
     from kdcache.teacher_cache.storage import Storage
 
-FORMAT_VERSION = 1  # bump on any change a reader of the previous version would misread
+FORMAT_VERSION = 2  # the newest version this code reads and writes; bump on any change a reader of the
+# previous version would misread. 1: top-k labels. 2: top-k plus a 4-bit tail (store/labels.py).
+DEFAULT_FORMAT_VERSION = 1  # what a build writes unless told otherwise (docs/cache-format.md says why)
 BACKENDS = ("zarr", "wds")
 TEACHER_KEYS = ("name", "weights_sha256", "mean", "std", "input_size", "interpolation", "num_classes")
 # teacher.precision (kdcache.models.precision.precision_name); absent in caches older than it: unknown.
@@ -51,7 +53,7 @@ NON_CONTENT_FIELDS = frozenset(
 
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
-    format_version: int = FORMAT_VERSION
+    format_version: int = DEFAULT_FORMAT_VERSION
     kdcache_version: str
     backend: str
     teacher: dict[str, Any]
@@ -70,9 +72,15 @@ class Manifest:
     created: str
     library_versions: dict[str, str] = field(default_factory=dict)
     epochs_complete: tuple[int, ...] = ()  # summary written by finalize; unit markers are the truth
+    tail_classes: int = 0  # format 2: classes ranked k+1 .. k+tail_classes stored with 4-bit log-probs
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def label_width(self) -> int:
+        """Classes per view with a stored probability: the width of a view's rows in memory."""
+        return self.topk + self.tail_classes
 
     # ---- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +88,8 @@ class Manifest:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             out[f.name] = list(v) if isinstance(v, tuple) else v
+        if not self.tail_classes:  # version 1 documents stay as they were (same bytes, same content hash)
+            del out["tail_classes"]
         return out
 
     def to_json(self) -> str:
@@ -204,6 +214,12 @@ def _validate(m: Manifest) -> None:
     need_int("image_size", m.image_size, lo=1, hi=65535)
     num_classes = need_int("num_classes", m.num_classes, lo=2, hi=2**31 - 1)
     need_int("topk", m.topk, lo=1, hi=num_classes)
+    tail = need_int("tail_classes", m.tail_classes, lo=0, hi=num_classes - m.topk)
+    if (m.format_version >= 2) != (tail > 0):
+        raise ManifestError(
+            f"manifest fields 'format_version' {m.format_version} and 'tail_classes' {tail} disagree: format 1 "
+            "stores no tail, format 2 stores one of at least 1 class"
+        )
     need_int("epochs_planned", m.epochs_planned, lo=1)
     need_int("record_width", m.record_width, lo=1, hi=4096)
     unit_size = need_int("unit_size", m.unit_size, lo=2)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from kdcache.teacher_cache.store.fields import MAX_INT16_CLASSES
+from kdcache.teacher_cache.store.labels import quantize_tail
 
 
 def topk_to_probs(logprobs: Any, classes: Any, num_classes: int, temperature: float = 1.0) -> Any:
@@ -67,8 +68,11 @@ def _torch_probs(lp: Any, cls: Any, c: int, t: float) -> Any:
     return out / out.sum(-1, keepdim=True, dtype=torch.float64).float()
 
 
-def logits_to_topk(logits: Any, k: int) -> tuple[Any, Any]:
-    """(float16 log-probs, int16/int32 class ids), each (..., k), sorted by descending probability.
+def logits_to_topk(logits: Any, k: int, tail: int = 0) -> tuple[Any, Any]:
+    """(float16 log-probs, int16/int32 class ids), each (..., k + tail), sorted by descending probability.
+
+    With ``tail`` > 0 (format version 2) the columns after the k-th hold the next ``tail`` classes with
+    their log-probs quantised as the cache stores them (:func:`kdcache.teacher_cache.store.labels.quantize_tail`).
 
     log_softmax runs in float32 whatever the logits' dtype. Ties are broken by the lower class id
     (a stable sort, unlike torch.topk) so every device and batch size stores the same bytes.
@@ -77,10 +81,10 @@ def logits_to_topk(logits: Any, k: int) -> tuple[Any, Any]:
     import torch
 
     num_classes = logits.shape[-1]
-    if not 1 <= k <= num_classes:
-        raise ValueError(f"k must be in 1..{num_classes}, got {k}")
+    if not 1 <= k <= num_classes or not 0 <= tail <= num_classes - k:
+        raise ValueError(f"need 1 <= k and 0 <= tail with k + tail <= {num_classes}, got k={k}, tail={tail}")
     lp = torch.log_softmax(logits.float(), dim=-1)
     values, idx = torch.sort(lp, dim=-1, descending=True, stable=True)
-    values = values[..., :k].clamp_min(torch.finfo(torch.float16).min).half()
+    values = quantize_tail(values[..., : k + tail], k)
     dtype = torch.int16 if num_classes <= MAX_INT16_CLASSES else torch.int32
-    return values, idx[..., :k].to(dtype)
+    return values, idx[..., : k + tail].to(dtype)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from kdcache.teacher_cache.store.fields import FIELDS, UnitData
+from kdcache.teacher_cache.store.labels import TAIL_FIELDS, decode_unit
 
 BLOCK = 512
 
@@ -35,9 +36,12 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def build_shard(epoch: int, unit: int, slots: tuple[int, int], data: UnitData, format_version: int) -> bytes:
+def build_shard(
+    epoch: int, unit: int, slots: tuple[int, int], stored: dict[str, np.ndarray], format_version: int
+) -> bytes:
+    """The shard of one unit; ``stored``: its stored arrays in storage order (store.labels.encode_unit)."""
     key = member_key(epoch, unit)
-    payloads = {name: npy_bytes(arr) for name, arr in data.arrays().items()}
+    payloads = {name: npy_bytes(arr) for name, arr in stored.items()}
     meta = {
         "format_version": format_version,
         "epoch": epoch,
@@ -46,7 +50,7 @@ def build_shard(epoch: int, unit: int, slots: tuple[int, int], data: UnitData, f
         "crc32": {name: zlib.crc32(b) for name, b in payloads.items()},
     }
     members = [(f"{key}.meta.json", json.dumps(meta, sort_keys=True).encode())]
-    members += [(f"{key}.{name}.npy", payloads[name]) for name in FIELDS]
+    members += [(f"{key}.{name}.npy", payloads[name]) for name in payloads]
     out = bytearray()
     for name, payload in members:
         info = tarfile.TarInfo(name)
@@ -73,7 +77,8 @@ def decode_members(
     if (epoch is not None and meta.get("epoch") != epoch) or (unit is not None and meta.get("unit") != unit):
         raise ShardFormatError(f"holds epoch {meta.get('epoch')} unit {meta.get('unit')}, expected {epoch}/{unit}")
     arrays = {}
-    for name in FIELDS:
+    names = FIELDS + (TAIL_FIELDS if meta.get("format_version", 1) >= 2 else ())
+    for name in names:
         payload = members.get(f"{name}.npy")
         if payload is None:
             raise ShardFormatError(f"member {name}.npy missing")
@@ -84,7 +89,7 @@ def decode_members(
         except ValueError as e:
             raise ShardFormatError(f"member {name}.npy is not a valid .npy ({e})") from None
     try:
-        return meta, UnitData.from_arrays(arrays)
+        return meta, decode_unit(arrays)
     except (TypeError, ValueError) as e:
         raise ShardFormatError(str(e)) from None
 

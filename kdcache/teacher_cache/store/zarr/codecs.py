@@ -33,5 +33,7 @@ def codec_kwargs(name: str, ndim: int) -> dict[str, Any]:
         "repeat": BloscShuffle.noshuffle,
         "topk_logprob": BloscShuffle.shuffle,  # sign/exponent bytes apart from the noisy mantissa bytes
         "topk_class": BloscShuffle.bitshuffle,  # class ids < 1000 leave most high bits zero
+        "tail_class": BloscShuffle.bitshuffle,
+        "tail_code": BloscShuffle.bitshuffle,  # 4-bit codes in bytes: the high bit planes are free
     }[name]
     return {"filters": (), "compressors": (_blosc(shuffle), Crc32cCodec())}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kdcache.teacher_cache.storage import Storage
-from kdcache.teacher_cache.store.fields import field_layout
+from kdcache.teacher_cache.store.labels import stored_layout
 from kdcache.teacher_cache.store.layout import epoch_name, parse_unit, unit_name
 from kdcache.teacher_cache.store.manifest import Manifest
 
@@ -34,5 +34,5 @@ def remedy(storage: Storage, epoch: int, unit: int) -> str:
 
 
 def field_ndims(manifest: Manifest) -> dict[str, int]:
-    layout = field_layout(manifest.record_width, manifest.topk, manifest.num_classes)
+    layout = stored_layout(manifest)
     return {name: 1 + len(row) for name, (_, row) in layout.items()}

@@ -11,7 +11,8 @@ from zarr.storage import MemoryStore
 
 from kdcache.teacher_cache.store.base import CacheReader
 from kdcache.teacher_cache.store.errors import CorruptShardError, NotACacheError
-from kdcache.teacher_cache.store.fields import FIELDS, UnitData, field_layout
+from kdcache.teacher_cache.store.fields import UnitData
+from kdcache.teacher_cache.store.labels import decode_unit, stored_layout
 from kdcache.teacher_cache.store.layout import epoch_name, parse_epoch
 from kdcache.teacher_cache.store.units import num_units, unit_slots
 from kdcache.teacher_cache.store.zarr.fastread import fast_decoder
@@ -24,7 +25,7 @@ class ZarrReader(CacheReader):
             raise NotACacheError(f"{self.root}: the manifest says backend zarr but there is no zarr.json")
         self._ndim = field_ndims(self.manifest)
         m = self.manifest
-        self._dtypes = {n: np.dtype(d) for n, (d, _) in field_layout(m.record_width, m.topk, m.num_classes).items()}
+        self._dtypes = {n: np.dtype(d) for n, (d, _) in stored_layout(m).items()}
         self._meta: dict[tuple[int, str], dict] = {}
         self.use_fast_path = True  # False: decode every chunk through zarr (tests compare both)
 
@@ -39,7 +40,7 @@ class ZarrReader(CacheReader):
         if (epoch, name) in self._meta:
             return self._meta[(epoch, name)]
         m = self.manifest
-        dtype, row = field_layout(m.record_width, m.topk, m.num_classes)[name]
+        dtype, row = stored_layout(m)[name]
         key = f"{epoch_name(epoch)}/{name}/zarr.json"
         try:
             meta = json.loads(self.storage.read(key))
@@ -71,7 +72,7 @@ class ZarrReader(CacheReader):
         """Rows of consecutive committed units ``units``."""
         a, b = unit_slots(self.manifest, units[0])[0], unit_slots(self.manifest, units[-1])[1]
         out = {}
-        for name in FIELDS:
+        for name in self._dtypes:
             meta = self._array_meta(epoch, name)
             dtype = self._dtypes[name]
             keys = [chunk_key(epoch, name, u, self._ndim[name]) for u in units]
@@ -96,7 +97,7 @@ class ZarrReader(CacheReader):
                     rows = np.empty((b - a, *values.shape[1:]), dtype=dtype)
                 rows[ua - a : ub - a] = values
             out[name] = rows
-        return UnitData(**out)
+        return decode_unit(out)
 
     def _zarr_decode(self, meta: dict, key: str, raw: bytes, unit: int) -> np.ndarray:
         rel = key.split("/", 2)[2]  # "c/<unit>[/0]" relative to the array

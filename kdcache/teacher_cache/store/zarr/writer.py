@@ -11,7 +11,8 @@ from zarr.storage import MemoryStore
 from kdcache.teacher_cache.storage import Storage
 from kdcache.teacher_cache.store.base import CacheWriter
 from kdcache.teacher_cache.store.errors import CacheError
-from kdcache.teacher_cache.store.fields import FIELDS, UnitData, field_layout
+from kdcache.teacher_cache.store.fields import UnitData
+from kdcache.teacher_cache.store.labels import encode_unit, stored_layout
 from kdcache.teacher_cache.store.layout import epoch_name
 from kdcache.teacher_cache.store.manifest import Manifest
 from kdcache.teacher_cache.store.units import unit_slots
@@ -41,7 +42,7 @@ def _epoch_template(manifest: Manifest, epoch: int) -> tuple[dict, dict[str, zar
     store = MemoryStore(docs)
     group = zarr.create_group(store, path=epoch_name(epoch), zarr_format=3, attributes={"kdcache_epoch": epoch})
     arrays = {}
-    for name, (dtype, row) in field_layout(m.record_width, m.topk, m.num_classes).items():
+    for name, (dtype, row) in stored_layout(m).items():
         group.create_array(
             name,
             shape=(m.num_slots, *row),
@@ -54,7 +55,7 @@ def _epoch_template(manifest: Manifest, epoch: int) -> tuple[dict, dict[str, zar
         )
     # Units whose rows equal the fill value must still get their chunk (it is part of the commit).
     with zarr.config.set({"array.write_empty_chunks": True}):
-        for name in FIELDS:
+        for name in stored_layout(m):
             arrays[name] = zarr.open_array(store, path=f"{epoch_name(epoch)}/{name}", mode="r+", zarr_format=3)
     return docs, arrays
 
@@ -89,9 +90,10 @@ class ZarrWriter(CacheWriter):
     def _write(self, epoch: int, unit: int, data: UnitData) -> None:
         docs, arrays = self._template(epoch)
         a, b = unit_slots(self.manifest, unit)
-        for name, values in data.arrays().items():
+        stored = encode_unit(self.manifest, data)
+        for name, values in stored.items():
             arrays[name][a:b] = values
-        for name in FIELDS:
+        for name in stored:
             key = chunk_key(epoch, name, unit, self._ndim[name])
             encoded = docs.pop(key, None)
             if encoded is None:
