@@ -71,7 +71,7 @@ def test_summary_matches_numpy_and_merges():
 
 
 def test_temperature_is_refused_with_a_partial_topk():
-    with pytest.raises(ValueError, match=r"temperature is 2 .*top-10 of 1000"):
+    with pytest.raises(ValueError, match=r"temperature is 2 .*only 10 of 1000"):
         check_temperature("cached", 2.0, 10, 1000)
     check_temperature("cached", 1.0, 10, 1000)  # the even spread is what the build measured
     check_temperature("cached", 2.0, 1000, 1000)  # every class stored: exact at any T

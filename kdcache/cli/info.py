@@ -60,6 +60,7 @@ def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
         "num_classes": m.num_classes,
         "image_size": m.image_size,
         "topk": m.topk,
+        "tail_classes": m.tail_classes,
         "seed": m.seed,
         "repeats": m.repeats,
         "recipe": m.recipe.get("name"),
@@ -97,6 +98,7 @@ def layer_summary(lid: str | None, reader: Any, digest: bool = True) -> dict[str
         "weights_sha256": t.get("weights_sha256"),
         "precision": t.get("precision"),
         "topk": reader.manifest.topk,
+        "tail_classes": reader.manifest.tail_classes,
         "finished": reader.finished,
         "epochs_complete": reader.epochs_complete,
         "content_hash": content_hash(reader) if digest else None,
@@ -125,7 +127,7 @@ def _text(cache: Path, s: dict[str, Any]) -> str:
         ("teacher", f"{t.get('name')} (weights sha256 {str(t.get('weights_sha256'))[:16]}...)"),
         ("dataset", f"{s['num_samples']} samples, {s['dataset'].get('source') or 'source not recorded'}"),
         ("views", f"{s['image_size']}px, recipe {s['recipe']}, seed {s['seed']}, repeats x{s['repeats']}"),
-        ("soft labels", f"top-{s['topk']} of {s['num_classes']} classes (fp16 log-probs)"),
+        ("soft labels", _labels_line(s)),
         ("fidelity", format_summary(s["fidelity"], s["views"])),
         (
             "epochs",
@@ -143,7 +145,7 @@ def _text(cache: Path, s: dict[str, Any]) -> str:
             (
                 "layer" if i else "teachers",
                 f"{x['teacher']} ({x['model']}, weights sha256 {str(x['weights_sha256'])[:12]}..., "
-                f"{x['precision'] or 'precision not recorded'}, top-{x['topk']}) {x['path']}: epochs "
+                f"{x['precision'] or 'precision not recorded'}, top-{x['topk']}{_tail(x)}) {x['path']}: epochs "
                 f"{epoch_ranges(x['epochs_complete'])}{'' if x['finished'] else ' (unfinished)'}, content "
                 f"{(x['content_hash'] or 'hash skipped')[:16]}",
             )
@@ -155,3 +157,14 @@ def _text(cache: Path, s: dict[str, Any]) -> str:
         ("libraries", ", ".join(f"{k} {v}" for k, v in s["library_versions"].items()) or "not recorded"),
     ]
     return "\n".join(f"{k:<12} {v}" for k, v in rows)
+
+
+def _tail(s: dict) -> str:
+    return f" + {s['tail_classes']} tail" if s.get("tail_classes") else ""
+
+
+def _labels_line(s: dict) -> str:
+    line = f"top-{s['topk']} of {s['num_classes']} classes (fp16 log-probs)"
+    if s.get("tail_classes"):
+        line += f" + the next {s['tail_classes']} at 4 bits (format 2 tail)"
+    return line

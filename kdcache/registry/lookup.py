@@ -56,7 +56,7 @@ def choose(matches: list[Entry], root: Storage, hint: str) -> Entry:
     keys = {e.key for e in matches}
     if len(keys) > 1:
         lines = [
-            f"  --cache {e.key}  ({e.backend}, seed {e.manifest.seed}, top-{e.manifest.topk}, "
+            f"  --cache {e.key}  ({e.backend}, seed {e.manifest.seed}, {e.manifest.label_scheme}, "
             f"{e.manifest.image_size}px, x{e.manifest.repeats}, {len(e.epochs_complete)} epochs)"
             for e in matches
         ]

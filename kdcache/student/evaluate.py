@@ -71,9 +71,7 @@ def make_val_loader(
     (uint8 (B, H, W, 3), int64 (B,)). Shards are disjoint and cover the set, so summing the counts
     over processes gives the exact accuracy."""
     dist = dist or World.current()
-    ds = ValDataset(
-        ImageFolderSource(root), eval_transform(image_size, crop_pct, interpolation), dist.rank, dist.size
-    )
+    ds = ValDataset(ImageFolderSource(root), eval_transform(image_size, crop_pct, interpolation), dist.rank, dist.size)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, drop_last=False)
 
 

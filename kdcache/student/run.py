@@ -37,6 +37,8 @@ def compose_build_command(m, cache: str, epochs: int) -> str:
         parts += ["--teacher-weights", str(weights)]
     parts += ["--format", m.backend, "--recipe", str(m.recipe.get("name") or "seed"), "--seed", str(m.seed)]
     parts += ["--topk", str(m.topk), "--image-size", str(m.image_size), "--repeats", str(m.repeats)]
+    if m.tail_classes:
+        parts += ["--format-version", str(m.format_version), "--tail-classes", str(m.tail_classes)]
     parts += ["--out", cache, "--epochs", str(epochs)]
     return shlex.join(parts)
 
@@ -184,7 +186,7 @@ def check_temperature(kd: str, temperature: float, topk: int, num_classes: int) 
     """
     if kd == "cached" and temperature != 1.0 and topk < num_classes:
         raise UsageError(
-            f"train.temperature is {temperature:g} but the cache stores only the top-{topk} of {num_classes} "
+            f"train.temperature is {temperature:g} but the cache stores only {topk} of {num_classes} "
             "classes: the even spread of the leftover mass is only the teacher's distribution at temperature 1. "
             "Train at temperature 1, use --kd online, or build a cache with --topk "
             f"{num_classes} (every class)."
@@ -221,7 +223,7 @@ def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | N
         recipe = resolve_recipe(args, m.recipe)
         recipe.train.per_process_batch(world.size)  # refuses odd or indivisible batches up front
         for t in teachers:
-            check_temperature(args.kd, recipe.train.temperature, t.reader.manifest.topk, m.num_classes)
+            check_temperature(args.kd, recipe.train.temperature, t.reader.manifest.label_width, m.num_classes)
         engine = open_replay(m, args.data)
         epochs = common_epochs(reader, [t.reader for t in teachers])  # not cached: the cache's own teacher alone
         info = [
@@ -238,7 +240,7 @@ def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | N
             tm = t.reader.manifest
             info.append(
                 (f"soft labels of {t.name}: " if layered else "soft labels: ")
-                + f"top-{tm.topk} of {m.num_classes}; {format_summary(read_summary(t.reader.storage))}"
+                + f"{tm.label_scheme} of {m.num_classes}; {format_summary(read_summary(t.reader.storage))}"
             )
         if recipe.train.epochs > len(epochs):
             from kdcache.views.coverage import coverage

@@ -46,11 +46,12 @@ class TeacherLayer:
             "model": t.get("model"),
             "weights_sha256": t.get("weights_sha256"),
             "topk": self.reader.manifest.topk,
+            "tail_classes": self.reader.manifest.tail_classes,
         }
 
     def describe(self) -> str:
         where = "the cache's own" if self.layer == FIRST_LAYER else f"layers/{self.layer}"
-        return f"{self.name} (weight {self.weight:.3g}, {where}, top-{self.reader.manifest.topk})"
+        return f"{self.name} (weight {self.weight:.3g}, {where}, {self.reader.manifest.label_scheme})"
 
 
 def first_teacher(reader) -> TeacherLayer:

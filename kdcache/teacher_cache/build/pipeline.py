@@ -127,9 +127,7 @@ class BuildResult:
             f"  resumed        {self.skipped_units} unit(s) of rank 0 were already complete"
             if self.skipped_units and s.units
             else "",
-            f"  nothing to do  all {self.skipped_units} unit(s) of rank 0 were already complete"
-            if not s.units
-            else "",
+            f"  nothing to do  all {self.skipped_units} unit(s) of rank 0 were already complete" if not s.units else "",
             f"  cache          {self.views} views, {self.bytes_on_disk / 1e6:.2f} MB, "
             f"{self.bytes_on_disk / max(self.views, 1):.1f} B/view",
             f"  soft labels    {format_summary(self.fidelity, self.views)}",

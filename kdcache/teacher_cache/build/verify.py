@@ -11,6 +11,7 @@ from kdcache.models.normalize import Normalize
 from kdcache.models.precision import FP32, TeacherForward, parse_precision
 from kdcache.models.teacher import TeacherError, create_teacher
 from kdcache.teacher_cache.replay import Mismatch, open_replay, replay_sample
+from kdcache.teacher_cache.store.labels import tail_bounds
 
 # fp16 log-probs are exact to ~1e-3 relative, so stored probabilities are within ~1e-4 absolute of
 # the teacher's; 1e-3 leaves room for float32 differences between the build's and this run's batch.
@@ -71,7 +72,7 @@ def verify_cache(
                 rendered.append(r)
         if runner is not None and rendered:
             for i in range(0, len(rendered), max(1, batch_size // 2)):
-                _check_teacher(runner, rendered[i : i + batch_size // 2], block, engine, report)
+                _check_teacher(runner, rendered[i : i + batch_size // 2], block, engine, report, m.topk)
     return report
 
 
@@ -96,17 +97,26 @@ def _teacher(m, weights: str | None, device: str, precision: str):
     return probs
 
 
-def _check_teacher(runner, rendered, block, engine, report: VerifyReport) -> None:
+def _check_teacher(runner, rendered, block, engine, report: VerifyReport, topk: int) -> None:
+    """Exact top-k: within the tolerance of a fresh forward. Format 2's tail: the fresh probability lies in
+    its code's bin, widened by the tolerance; no class outside the stored ones beats the last bin's floor."""
     images = np.concatenate([r.images for r in rendered])
     slots = [s for r in rendered for s in r.slots]
     fresh = runner(images)
     for row, slot in enumerate(slots):
-        stored_p = np.exp(block.topk_logprob[slot].astype(np.float64))
+        lp = block.topk_logprob[slot]
+        stored_p = np.exp(lp[:topk].astype(np.float64))
         cls = block.topk_class[slot].astype(np.int64)
-        diff = float(np.max(np.abs(fresh[row, cls] - stored_p)))
+        p = fresh[row, cls]
+        diff = float(np.max(np.abs(p[:topk] - stored_p)))
+        floor = stored_p.min()
+        if lp.shape[0] > topk:
+            low, high = (np.exp(b.astype(np.float64)) for b in tail_bounds(lp, topk))
+            diff = max(diff, float(np.max(np.maximum(low - p[topk:], p[topk:] - high))))
+            floor = low[-1]
         others = np.delete(fresh[row], cls)
-        # A class outside the stored top-k must not beat the smallest stored one (beyond tolerance).
-        intruder = float(others.max() - stored_p.min()) if others.size else -1.0
+        # A class outside the stored ones must not beat the smallest stored one (beyond tolerance).
+        intruder = float(others.max() - floor) if others.size else -1.0
         report.teacher_checked += 1
         report.max_prob_diff = max(report.max_prob_diff, diff)
         tol = report.tolerance

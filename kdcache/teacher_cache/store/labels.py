@@ -60,6 +60,17 @@ def tail_codes_of(anchor: Any, logprob: Any) -> Any:
     return np.clip(c, 0, TAIL_LEVELS - 1).astype(np.uint8)
 
 
+def tail_bounds(logprob: np.ndarray, topk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per decoded tail value of rows (..., k+m): the (low, high) log-prob bounds of its code's bin; the last
+    code's bin is open below (low = -inf). What a fresh teacher forward must fall within (``verify``)."""
+    anchor = np.asarray(logprob[..., topk - 1 : topk], np.float32)
+    tail = np.asarray(logprob[..., topk:], np.float32)
+    c = np.clip(np.rint((anchor - tail) / np.float32(TAIL_STEP) - 0.5), 0, TAIL_LEVELS - 1)
+    high = anchor - TAIL_STEP * c
+    low = np.where(c == TAIL_LEVELS - 1, -np.inf, high - TAIL_STEP)
+    return low, high
+
+
 def quantize_tail(exact: Any, k: int) -> Any:
     """float16 top-(k+m) log-probs as a version 2 cache stores them: columns < k as given (rounded to
     float16), columns >= k replaced by their decoded codes. ``exact``: float32 (..., k+m), sorted
@@ -100,9 +111,7 @@ def encode_labels(logprob: np.ndarray, classes: np.ndarray, topk: int) -> dict[s
     c = np.rint((anchor.astype(np.float32)[:, None] - tail.astype(np.float32)) / np.float32(TAIL_STEP) - 0.5)
     codes = np.clip(c, 0, TAIL_LEVELS - 1).astype(np.uint8)
     if tail_values(anchor, codes).tobytes() != np.ascontiguousarray(tail).tobytes():
-        raise ValueError(
-            "tail log-probs are not format version 2 codes; make them with store.labels.quantize_tail"
-        )
+        raise ValueError("tail log-probs are not format version 2 codes; make them with store.labels.quantize_tail")
     out.update({"tail_class": classes[:, topk:], "tail_code": codes})
     return out
 

@@ -82,6 +82,11 @@ class Manifest:
         """Classes per view with a stored probability: the width of a view's rows in memory."""
         return self.topk + self.tail_classes
 
+    @property
+    def label_scheme(self) -> str:
+        """'top-10', or 'top-10 + 10 tail' in format 2: how the soft labels are stored, for people."""
+        return f"top-{self.topk}" + (f" + {self.tail_classes} tail" if self.tail_classes else "")
+
     # ---- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
