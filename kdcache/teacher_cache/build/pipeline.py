@@ -302,6 +302,8 @@ def plan_target(out: str, manifest: Manifest, epochs: int) -> Target:
 # Measured bytes per stored view (params, digest, top-10), docs/benchmarks.md; used to estimate a new
 # cache's size before anything is written.
 BYTES_PER_VIEW = {"zarr": 48.2, "wds": 81.8}
+# Format 2's tail, per class: a compressed class id and 4-bit code (zarr), raw int16 + uint8 (wds .npy).
+BYTES_PER_TAIL_CLASS = {"zarr": 1.3, "wds": 3.0}
 
 
 def plan_line(out: str, manifest: Manifest, cfg: BuildConfig, completed: set, world_size: int) -> str:
@@ -311,6 +313,7 @@ def plan_line(out: str, manifest: Manifest, cfg: BuildConfig, completed: set, wo
     todo = [u for u in units if (u.epoch, u.index) not in completed]
     views = sum(u.size for u in todo)
     per_view, basis = BYTES_PER_VIEW.get(manifest.backend, 64.0), f"measured {manifest.backend} B/view"
+    per_view += manifest.tail_classes * BYTES_PER_TAIL_CLASS.get(manifest.backend, 3.0)
     if completed:  # an existing cache: its own bytes per view
         with contextlib.suppress(Exception):
             r = open_cache(out, allow_unfinished=True)
