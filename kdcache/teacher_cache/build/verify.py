@@ -99,7 +99,7 @@ def _teacher(m, weights: str | None, device: str, precision: str):
 
 def _check_teacher(runner, rendered, block, engine, report: VerifyReport, topk: int) -> None:
     """Exact top-k: within the tolerance of a fresh forward. Format 2's tail: the fresh probability lies in
-    its code's bin, widened by the tolerance; no class outside the stored ones beats the last bin's floor."""
+    its code's bin, widened by the tolerance; no class outside the stored ones beats the last bin's top."""
     images = np.concatenate([r.images for r in rendered])
     slots = [s for r in rendered for s in r.slots]
     fresh = runner(images)
@@ -113,7 +113,7 @@ def _check_teacher(runner, rendered, block, engine, report: VerifyReport, topk: 
         if lp.shape[0] > topk:
             low, high = (np.exp(b.astype(np.float64)) for b in tail_bounds(lp, topk))
             diff = max(diff, float(np.max(np.maximum(low - p[topk:], p[topk:] - high))))
-            floor = low[-1]
+            floor = high[-1]  # the last stored class is at most this likely, so no other class may be more
         others = np.delete(fresh[row], cls)
         # A class outside the stored ones must not beat the smallest stored one (beyond tolerance).
         intruder = float(others.max() - floor) if others.size else -1.0
