@@ -15,6 +15,9 @@ only the teacher target differs:
 - ``online``: ``TeacherTarget.from_logits`` (the teacher's full softmax);
 - ``topK``: ``TeacherTarget.from_topk`` of ``logits_to_topk(logits, K)`` (the cache's fp16 top-K,
   the leftover mass spread evenly over the other classes);
+- ``topK+tailM``: the same of ``logits_to_topk(logits, K, M)``: format version 2's top-K plus the next
+  M classes at 4-bit log-probs, exactly the rows a ``--format-version 2 --tail-classes M`` cache gives
+  the trainer; ``v2`` is ``top10+tail10`` (the default tail);
 - ``pca``: top-10 + PCA tail (benchmarks/pca_tail.py, rank 16, int4, fitted on the training views);
 - ``none``: CE on the mixed, smoothed labels only (``KDLoss`` without a teacher: weight 1.0).
 
@@ -22,13 +25,14 @@ Labels are the photos' WordNet folders mapped to the teacher's ImageNet indices
 (``class_map``, as ``kdcache build`` does). Reported on each held-out set, mean ± sample std over
 seeds: top-1 agreement of student and teacher, KL(teacher || student) (nats, teacher full softmax).
 
-    PYTHONPATH=. python benchmarks/kd_parity.py [--seeds 3] [--steps 64] [--ways online,top10,top100,none]
+    PYTHONPATH=. python benchmarks/kd_parity.py [--seeds 3] [--steps 64] [--ways online,top10,v2,top100,none]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -110,8 +114,11 @@ def targets(way: str, logits: np.ndarray, fit_logits: np.ndarray) -> torch.Tenso
         return None
     if way == "online":
         return TeacherTarget.from_logits(z).log_probs
-    if way.startswith("top"):
-        lp, cls = logits_to_topk(z, int(way[3:]))
+    if way == "v2":
+        way = "top10+tail10"
+    m = re.fullmatch(r"top(\d+)(?:\+tail(\d+))?", way)
+    if m:
+        lp, cls = logits_to_topk(z, int(m[1]), int(m[2] or 0))
         return TeacherTarget.from_topk(lp, cls, c).log_probs
     if way == "pca":
         model = pca_tail.fit(fit_logits, r=16, bits=4, k=10)
@@ -201,7 +208,8 @@ def main() -> None:
                 r[f"{s}_agree"], r[f"{s}_kl"] = evaluate(model, xe, ze)
             res[w].append(r)
             print(
-                f"seed {seed} {w:7s} " + " ".join(f"{k} {v:.3f}" for k, v in r.items())
+                f"seed {seed} {w:7s} "
+                + " ".join(f"{k} {v:.3f}" for k, v in r.items())
                 + f"  {time.perf_counter() - t0:.0f} s",
                 flush=True,
             )

@@ -13,12 +13,19 @@ For every scheme: bytes/view of all stored fields (digest, params, sample_id, re
 as the zarr backend does (numcodecs Blosc zstd 5 with each field's shuffle, params transposed;
 crc32c's 4 B per chunk left out), mass outside the explicitly stored classes (mean, p90), and
 KL(teacher || target), L1(teacher, target) of the reconstruction the trainer would use (mean, p90 KL).
-Top-k rows use kdcache's own ``logits_to_topk`` and ``topk_to_probs``. sample_id / repeat come from an
+Top-k rows use kdcache's own ``logits_to_topk`` and ``topk_to_probs``; format 2 rows (top-10 + a tail of
+m classes at 4-bit log-probs, ``--tails``) use ``logits_to_topk(z, 10, m)`` (exactly the rows a
+``--format-version 2 --tail-classes m`` cache decodes to) and count the bytes of the fields
+``store.labels.encode_labels`` makes of them (topk_logprob, topk_class, tail_class, tail_code), each with
+its shuffle from the zarr backend's ``codecs.codec_kwargs``. sample_id / repeat come from an
 ImageNet-sized epoch plan (1,281,167 samples, R=3): the photo set's 18 ids would compress unrealistically.
 Byte counts are over the B rows in one blosc frame per field (per-row header cost < 0.03 B at 1024 rows);
-tiling rows to 10240 would let zstd match the repeats and under-count.
+tiling rows to 10240 would let zstd match the repeats and under-count. Check of the byte counter: each
+format 2 row's B rows (with the non-label fields) are also written as unit 0 of a real version 2 zarr
+cache (``create_or_open_writer``, one unit of all the B rows, so one chunk per field as here); every
+field's chunk file, less its 4 B crc32c, must have the size counted here.
 
-    python benchmarks/label_fidelity.py [--views 1024] [--logits /tmp/kdcache_fid_logits.npz]
+    python benchmarks/label_fidelity.py [--views 1024] [--logits /tmp/kdcache_fid_logits.npz] [--tails 5,10,20,40]
 """
 
 from __future__ import annotations
@@ -40,8 +47,14 @@ import pca_tail
 
 from kdcache.data import ImageFolderSource
 from kdcache.recipe import load_recipe
+from kdcache.teacher_cache.store import create_or_open_writer
+from kdcache.teacher_cache.store.fields import UnitData
+from kdcache.teacher_cache.store.labels import decode_labels, encode_labels
 from kdcache.teacher_cache.store.topk import logits_to_topk, topk_to_probs
+from kdcache.teacher_cache.store.zarr.codecs import codec_kwargs
+from kdcache.testing.synthetic_cache import synthetic_manifest
 from kdcache.views import ViewEngine, make_epoch_plan
+from kdcache.views.params import n_ops_for_width
 
 # photo -> WordNet id folder (the nearest ImageNet class; the labels play no part in the fidelity figures)
 SET_A = {
@@ -141,6 +154,40 @@ def cbytes(a: np.ndarray, shuffle: str, transpose: bool = False) -> float:
     return len(Blosc(cname="zstd", clevel=5, shuffle=SHUFFLE[shuffle]).encode(a)) / rows
 
 
+def field_bytes(name: str, a: np.ndarray) -> float:
+    """cbytes of stored field ``name`` with the shuffle the zarr backend gives it (params transposed)."""
+    if name == "digest":
+        return float(a.dtype.itemsize)
+    blosc = codec_kwargs(name, a.ndim)["compressors"][0]
+    return cbytes(a, blosc.shuffle.value, transpose=name == "params")
+
+
+def zarr_check(fields: dict[str, np.ndarray], k: int, tail: int, num_samples: int) -> dict[str, tuple[float, float]]:
+    """Write ``fields`` (every stored field of n views) as unit 0 of a real version 2 zarr cache;
+    name -> (B/view counted by field_bytes, B/view of its chunk file less the 4 B crc32c)."""
+    n = fields["sample_id"].shape[0]
+    m = synthetic_manifest(
+        backend="zarr",
+        num_samples=num_samples,
+        num_classes=1000,
+        topk=k,
+        tail_classes=tail,
+        unit_size=n,
+        epochs=1,
+        n_ops=n_ops_for_width(fields["params"].shape[1]),
+    )
+    lp, cls = decode_labels({x: fields[x] for x in ("topk_logprob", "topk_class", "tail_class", "tail_code")})
+    rest = {x: fields[x] for x in ("sample_id", "repeat", "params", "digest")}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        w = create_or_open_writer(Path(tmp) / "c", m)
+        w.write_unit(0, 0, UnitData(**rest, topk_logprob=lp, topk_class=cls))
+        for name, a in fields.items():
+            (chunk,) = [p for p in (Path(tmp) / "c").rglob("*") if p.is_file() and f"/{name}/c/" in str(p)]
+            out[name] = (field_bytes(name, a), (chunk.stat().st_size - 4) / n)
+    return out
+
+
 def metrics(z: np.ndarray, q: np.ndarray, stored: np.ndarray) -> dict[str, float]:
     """z: teacher logits (N, C); q: reconstructed probs (N, C); stored: bool (N, C) explicitly stored."""
     lp = torch.log_softmax(torch.as_tensor(z, dtype=torch.float64), 1).numpy()
@@ -165,6 +212,7 @@ def main() -> None:
     ap.add_argument("--logits", default=os.path.join(tempfile.gettempdir(), "kdcache_fid_logits.npz"))
     ap.add_argument("--ks", default="10,20,50,100")
     ap.add_argument("--ranks", default="8,16,32", help="PCA tail ranks (int4 coefficients)")
+    ap.add_argument("--tails", default="5,10,20,40", help="format 2 tails m: top-10 + m classes at 4-bit")
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -185,13 +233,15 @@ def main() -> None:
     za, zb = data["A_logits"][: args.views], data["B_logits"][: args.views]
     n, c = zb.shape
 
-    plan = make_epoch_plan(0, 0, 1_281_167, 3)
-    common = {
-        "digest": 8.0,  # random bytes, stored raw (crc32c only)
-        "params": cbytes(data["B_params"][:n], "shuffle", transpose=True),
-        "sample_id": cbytes(plan.sample_ids[:n].astype(np.int32), "noshuffle"),
-        "repeat": cbytes(plan.repeats[:n], "noshuffle"),
+    num_samples = 1_281_167
+    plan = make_epoch_plan(0, 0, num_samples, 3)
+    other = {
+        "sample_id": plan.sample_ids[:n].astype(np.int32),
+        "repeat": plan.repeats[:n].astype(np.uint8),
+        "params": np.ascontiguousarray(data["B_params"][:n]),
+        "digest": np.random.default_rng(0).integers(0, 2**64, size=n, dtype=np.uint64),  # random, stored raw
     }
+    common = {name: field_bytes(name, a) for name, a in other.items()}
     base = sum(common.values())
     print(
         f"set B: {n} views, {c} classes; non-label fields {base:.1f} B/view "
@@ -205,9 +255,25 @@ def main() -> None:
         q = topk_to_probs(lp.numpy(), cls.numpy(), c)
         stored = np.zeros((n, c), bool)
         np.put_along_axis(stored, cls.numpy().astype(np.int64), True, 1)
-        label = cbytes(lp.numpy(), "shuffle") + cbytes(cls.numpy(), "bitshuffle")
+        label = sum(field_bytes(name, a) for name, a in encode_labels(lp.numpy(), cls.numpy(), k).items())
         rows.append((f"top-{k} fp16 + even spread", label, metrics(zb, q, stored)))
         print(rows[-1][0], flush=True)
+
+    for m in [int(x) for x in args.tails.split(",") if x]:
+        lp, cls = (t.numpy() for t in logits_to_topk(zb_t, 10, m))
+        q = topk_to_probs(lp, cls, c)
+        stored = np.zeros((n, c), bool)
+        np.put_along_axis(stored, cls.astype(np.int64), True, 1)
+        fields = encode_labels(lp, cls, 10)
+        label = sum(field_bytes(name, a) for name, a in fields.items())
+        rows.append((f"format 2: top-10 + tail {m} (4-bit)", label, metrics(zb, q, stored)))
+        check = zarr_check({**other, **fields}, 10, m, num_samples)
+        bad = {name: v for name, v in check.items() if abs(v[0] - v[1]) > 1e-9}
+        written = ", ".join(f"{name} {v[1]:.2f}" for name, v in check.items())
+        verdict = "the counter agrees" if not bad else f"DISAGREES with the counter: {bad}"
+        print(f"{rows[-1][0]}; real zarr write, B/view: {written} ({verdict})", flush=True)
+        if bad:
+            raise SystemExit(f"byte counter disagrees with a real zarr write: {bad}")
 
     for r in [int(x) for x in args.ranks.split(",") if x]:
         t0 = time.perf_counter()
