@@ -57,7 +57,7 @@ from kdcache.cli.common import fail_cleanly
     type=click.IntRange(1, 2),
     default=1,
     show_default=True,
-    help="Cache format. 2 adds a tail: the next --tail-classes classes with 4-bit log-probs (~13 B/view "
+    help="Cache format. 2 adds a tail: the next --tail-classes classes with 4-bit log-probs (~14 B/view "
     "more at 1000 classes; cuts the soft labels' KL to the teacher by about a third, docs/cache-format.md).",
 )
 @click.option(
