@@ -34,11 +34,13 @@ def _np_fidelity(logits: np.ndarray, k: int, tail: int = 0) -> tuple[np.ndarray,
         stored = np.concatenate([stored, (anchor - 0.5 * (code + 0.5)).astype(np.float16).astype(np.float64)], 1)
     pk = np.exp(stored)
     c, k = z.shape[1], k + tail
-    q = np.repeat(((1 - pk.sum(1)) / (c - k))[:, None], c, axis=1)
+    # the leftover mass is clamped at 0 (the stored mass may exceed 1 after rounding: the tail's bin middles
+    # can lie above the exact values), and q floored at float32's smallest normal, as topk_fidelity does
+    q = np.repeat((np.maximum(1 - pk.sum(1), 0) / (c - k))[:, None], c, axis=1)
     np.put_along_axis(q, idx, pk, 1)
     q /= q.sum(1, keepdims=True)
     outside = 1 - np.take_along_axis(p, idx, 1).sum(1)
-    return outside, (p * (lp - np.log(q))).sum(1)
+    return outside, (p * (lp - np.log(np.maximum(q, np.finfo(np.float32).tiny)))).sum(1)
 
 
 @pytest.mark.parametrize("tail", [0, 5], ids=["format1", "format2-tail5"])
