@@ -12,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
-from build_helpers import cache_info, run_cli
+from build_helpers import cache_info, run_cli, tiny_build, write_dataset
+from test_fidelity import _np_fidelity, _replayed_logits
 
 from kdcache.teacher_cache.store import (
     Manifest,
+    UnitData,
     content_hash,
     create_or_open_writer,
     num_units,
@@ -30,6 +33,7 @@ from kdcache.teacher_cache.store.labels import (
     quantize_tail,
     tail_bounds,
     tail_codes_of,
+    tail_values,
 )
 from kdcache.teacher_cache.store.topk import logits_to_topk
 from kdcache.testing.synthetic_cache import synthetic_manifest, synthetic_unit
@@ -320,3 +324,131 @@ def test_a_format_1_cache_written_by_the_new_code_is_byte_identical_to_the_old_c
     assert sorted(new) == sorted(_files(old))
     for name, data in _files(old).items():
         assert new[name] == data, name
+
+
+# ---- a build with a real teacher ----------------------------------------------------------------------------
+CLASSES = 20
+V2_ARGS = ("--format-version", "2", "--topk", "3", "--tail-classes", "5")
+
+
+def peaked_teacher(path: Path, seed: int) -> Path:
+    """A 20-class `test_resnet` at a seeded random init with its head scaled up: a random-init teacher is
+    nearly uniform (every tail code 0); scaled, its top-8 spans several nats (codes 0..~9)."""
+    torch.manual_seed(seed)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=CLASSES)
+    with torch.no_grad():
+        model.fc.weight.mul_(40.0)
+        model.fc.bias.mul_(40.0)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("v2build")
+    data = write_dataset(root / "data", [f"c{i:02d}" for i in range(CLASSES)], per_class=1)  # 20 views an epoch
+    return root, data, peaked_teacher(root / "t1.pth", 0), peaked_teacher(root / "t2.pth", 1)
+
+
+@pytest.fixture(scope="module")
+def v2_cache(setup) -> Path:
+    root, data, t1, _ = setup
+    out = root / "v2"
+    run_cli(*tiny_build(data, t1, out, *V2_ARGS))
+    return out
+
+
+def test_a_format_2_build_stores_top_k_plus_tail_and_measures_the_decoded_rows(setup, v2_cache):
+    import zarr
+
+    _, _, t1, _ = setup
+    r = open_cache(v2_cache)
+    m = r.manifest
+    assert (m.format_version, m.topk, m.tail_classes, m.label_width) == (2, 3, 5, 8)
+    block = r.load_epoch(0)
+    assert block.topk_logprob.shape == block.topk_class.shape == (20, 8)
+    assert all(len(set(row)) == 8 for row in block.topk_class.tolist())
+    codes = zarr.open_array(str(v2_cache / "e00000" / "tail_code"), mode="r")[:]
+    assert zarr.open_array(str(v2_cache / "e00000" / "topk_logprob"), mode="r").shape == (20, 3)
+    assert codes.shape == (20, 5) and len(np.unique(codes)) >= 4  # the teacher gives the tail several codes
+
+    logits = _replayed_logits(v2_cache, t1)  # the teacher again, on the views re-rendered from their params
+    # the stored rows are the teacher's top-(3+5) with its tail quantised
+    lp, cls = logits_to_topk(torch.from_numpy(logits), 3, 5)
+    np.testing.assert_array_equal(block.topk_class, cls.numpy())
+    np.testing.assert_allclose(block.topk_logprob[:, :3].astype(np.float32), lp[:, :3].float().numpy(), atol=2e-3)
+    doc = json.loads((v2_cache / "fidelity.json").read_text())
+    assert (doc["topk"], doc["tail_classes"], doc["views"]) == (3, 5, 20)
+    assert "5 tail classes at 4 bits" in doc["rule"]
+    want_out, want_kl = _np_fidelity(logits, 3, tail=5)
+    assert doc["outside"]["mean"] == pytest.approx(want_out.mean(), abs=1e-5)
+    assert doc["kl"]["mean"] == pytest.approx(want_kl.mean(), rel=1e-3)
+    # ...and not the figures of the top-3 alone: those are far off
+    v1_out, v1_kl = _np_fidelity(logits, 3)
+    assert v1_kl.mean() > 1.5 * want_kl.mean() and v1_out.mean() > want_out.mean() + 0.01
+    info = cache_info(v2_cache)
+    assert (info["format_version"], info["tail_classes"]) == (2, 5)
+    assert "+ the next 5 at 4 bits (format 2 tail)" in run_cli("info", str(v2_cache), "--no-hash").stdout
+
+
+def test_verify_passes_on_a_format_2_cache_and_catches_a_wrong_tail_code(setup, v2_cache, tmp_path):
+    out = run_cli("verify", str(v2_cache), "--views", "20").stdout
+    assert out.endswith("OK\n"), out
+    # One view's first tail value moved up one code (on the grid, still sorted): outside its bin of the teacher's.
+    r = open_cache(v2_cache)
+    m = r.manifest
+    block = r.load_epoch(0)
+    anchor = block.topk_logprob[:, 2].astype(np.float32)
+    codes = np.rint((anchor - block.topk_logprob[:, 3].astype(np.float32)) / TAIL_STEP - 0.5)
+    slot = int(np.argmax(codes))
+    assert codes[slot] >= 1
+    bad = tmp_path / "bad"
+    w = create_or_open_writer(bad, m.replace(epochs_complete=()))
+    for u in range(num_units(m)):
+        data = r.read_unit(0, u)
+        row = slot - u * m.unit_size
+        if 0 <= row < data.num_views:
+            lp = data.topk_logprob.copy()
+            lp[row, 3] = tail_values(lp[row, 2:3], np.array([[codes[slot] - 1]], np.uint8))[0, 0]
+            data = UnitData(**{**data.arrays(), "topk_logprob": lp})
+        w.write_unit(0, u, data)
+    w.finalize()
+    proc = run_cli("verify", str(bad), "--views", "20", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"epoch 0 slot {slot}" in proc.stderr and "probabilities differ" in proc.stderr
+    assert "FAILED: 1 mismatch" in proc.stderr
+
+
+def test_formats_do_not_mix_in_one_cache_but_a_format_2_layer_can_join_a_format_1_cache(setup, v2_cache):
+    root, data, t1, t2 = setup
+    v1 = root / "v1"
+    run_cli(*tiny_build(data, t1, v1))
+    before = content_hash(open_cache(v1))
+    for extra in ((), ("--epochs", "2")):  # resume, extend
+        proc = run_cli(*tiny_build(data, t1, v1, *V2_ARGS, *extra), check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert "differing field(s): format_version, tail_classes" in proc.stderr
+    # and the other way: a format 2 cache resumed without --format-version 2
+    proc = run_cli(*tiny_build(data, t1, v2_cache), check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "differing field(s): format_version, tail_classes" in proc.stderr
+    r = open_cache(v1)  # untouched, and readable
+    assert (r.manifest.format_version, r.epochs_complete, content_hash(r)) == (1, [0], before)
+    assert r.load_epoch(0).topk_logprob.shape == (20, 3) and not (v1 / "layers").exists()
+
+    # another teacher, format 2, on the format 1 cache's views: a layer
+    proc = run_cli(*tiny_build(data, t2, None, "--cache", str(v1), *V2_ARGS))
+    assert f"added teacher test_resnet to cache {v1}" in proc.stderr
+    (layer,) = sorted((v1 / "layers").iterdir())
+    first, other = open_cache(v1), open_cache(layer)
+    assert content_hash(first) == before
+    assert (other.manifest.format_version, other.manifest.tail_classes) == (2, 5)
+    a, b = first.load_epoch(0), other.load_epoch(0)
+    assert b.topk_logprob.shape == (20, 8)
+    for name in ("sample_id", "repeat", "params", "digest"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    layers = cache_info(v1)["layers"]
+    assert [(x["topk"], x["tail_classes"]) for x in layers] == [(3, 0), (3, 5)]
+    # verify checks each layer with its own teacher, the format 2 one within its tail's bins
+    out = run_cli("verify", str(v1), "--views", "20").stdout
+    assert out.count("teacher test_resnet") == 2 and out.endswith("OK\n"), out
