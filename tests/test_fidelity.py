@@ -16,32 +16,45 @@ from kdcache.teacher_cache.store.fidelity import FidelityStats, topk_fidelity
 from kdcache.teacher_cache.store.topk import logits_to_topk
 
 
-def _np_fidelity(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Independent float64 numpy: mass outside the top-k, and KL(teacher || even-spread target) where
-    the target is rebuilt from fp16-rounded top-k log-probs."""
+def _np_fidelity(logits: np.ndarray, k: int, tail: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Independent float64 numpy: mass outside the stored classes, and KL(teacher || even-spread target)
+    where the target is rebuilt from fp16-rounded top-k log-probs and, in format 2, the next ``tail``
+    classes at their 4-bit codes as docs/cache-format.md defines them: with the anchor a the k-th fp16
+    log-prob, code c = floor((a - l) / 0.5) clipped to 0..15 stands for a - 0.5 (c + 0.5), in fp16."""
     z = logits.astype(np.float64)
     lp = z - z.max(1, keepdims=True)
     lp -= np.log(np.exp(lp).sum(1, keepdims=True))
     p = np.exp(lp)
-    idx = np.argsort(-lp, axis=1, kind="stable")[:, :k]
-    pk = np.exp(np.take_along_axis(lp, idx, 1).astype(np.float16).astype(np.float64))
-    c = z.shape[1]
-    q = np.repeat(((1 - pk.sum(1)) / (c - k))[:, None], c, axis=1)
+    idx = np.argsort(-lp, axis=1, kind="stable")[:, : k + tail]
+    exact = np.take_along_axis(lp, idx, 1)
+    stored = exact[:, :k].astype(np.float16).astype(np.float64)
+    if tail:
+        anchor = stored[:, -1:]
+        code = np.clip(np.floor((anchor - exact[:, k:]) / 0.5), 0, 15)
+        stored = np.concatenate([stored, (anchor - 0.5 * (code + 0.5)).astype(np.float16).astype(np.float64)], 1)
+    pk = np.exp(stored)
+    c, k = z.shape[1], k + tail
+    # the leftover mass is clamped at 0 (the stored mass may exceed 1 after rounding: the tail's bin middles
+    # can lie above the exact values), and q floored at float32's smallest normal, as topk_fidelity does
+    q = np.repeat((np.maximum(1 - pk.sum(1), 0) / (c - k))[:, None], c, axis=1)
     np.put_along_axis(q, idx, pk, 1)
     q /= q.sum(1, keepdims=True)
     outside = 1 - np.take_along_axis(p, idx, 1).sum(1)
-    return outside, (p * (lp - np.log(q))).sum(1)
+    return outside, (p * (lp - np.log(np.maximum(q, np.finfo(np.float32).tiny)))).sum(1)
 
 
-def test_per_view_figures_match_numpy():
+@pytest.mark.parametrize("tail", [0, 5], ids=["format1", "format2-tail5"])
+def test_per_view_figures_match_numpy(tail):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 100, generator=g) * 3
-    lp, cls = logits_to_topk(logits, 7)
+    lp, cls = logits_to_topk(logits, 7, tail)
     outside, kl = topk_fidelity(logits, lp, cls)
-    want_out, want_kl = _np_fidelity(logits.numpy(), 7)
+    want_out, want_kl = _np_fidelity(logits.numpy(), 7, tail)
     np.testing.assert_allclose(outside.numpy(), want_out, atol=2e-6)
     np.testing.assert_allclose(kl.numpy(), want_kl, atol=2e-5, rtol=1e-4)
     assert want_kl.mean() > 0.05  # the even spread is visibly wrong here: the check has teeth
+    if tail:  # and the tail visibly helps: a figure of the top-k alone would not match
+        assert want_kl.mean() < 0.8 * _np_fidelity(logits.numpy(), 7)[1].mean()
 
 
 def test_summary_matches_numpy_and_merges():

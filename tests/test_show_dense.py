@@ -17,10 +17,10 @@ from kdcache.teacher_cache.store import create_or_open_writer, num_units, open_c
 from kdcache.testing.synthetic_cache import synthetic_manifest, synthetic_unit
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
+@pytest.fixture(scope="module", params=[0, 5], ids=["format1", "format2-tail5"])
+def cache(tmp_path_factory, request):
     path = tmp_path_factory.mktemp("dense") / "cache"
-    m = synthetic_manifest(num_samples=301, unit_size=64, epochs=1)
+    m = synthetic_manifest(num_samples=301, unit_size=64, epochs=1, tail_classes=request.param)
     w = create_or_open_writer(path, m)
     for u in range(num_units(m)):
         w.write_unit(0, u, synthetic_unit(m, 0, u))
@@ -40,11 +40,16 @@ def test_dense_probs_are_the_trainers_targets(cache):
         torch.from_numpy(block.topk_logprob[rows]), torch.from_numpy(block.topk_class[rows]), c
     )
     want = target.log_probs.exp().numpy()
+    assert block.topk_logprob.shape[1] == reader.manifest.label_width  # format 2: the tail too
     assert [v["slot"] for v in views] == list(range(60, 70))
     for v in views:
         probs = np.asarray(v["probs"], dtype=np.float32)
         assert probs.shape == (c,)
         np.testing.assert_array_equal(probs, want[v["slot"] - 58])
+        # every stored class, the tail's included, keeps its stored probability (the mass stays below 1 here)
+        lp, cls = block.topk_logprob[v["slot"]], block.topk_class[v["slot"]]
+        assert np.exp(lp.astype(np.float64)).sum() < 1
+        np.testing.assert_allclose(probs[cls], np.exp(lp.astype(np.float32)), rtol=1e-5)
         top = v["topk"][0]
         assert probs[top["class"]] == pytest.approx(top["prob"], abs=1e-5)
         assert probs.sum() == pytest.approx(1.0, abs=1e-5)

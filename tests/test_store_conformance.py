@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from kdcache.teacher_cache import (
+    FORMAT_VERSION,
     BuildNotFinishedError,
     CacheError,
     CorruptShardError,
     IncompleteEpochError,
     ManifestMismatchError,
     NotACacheError,
-    FORMAT_VERSION,
     UnitData,
     UnsupportedFormatError,
     content_hash,
@@ -460,3 +460,118 @@ def test_a_header_created_between_read_and_listing_is_compared_not_refused(tmp_p
     LateHeader.hidden = True
     with pytest.raises(ManifestMismatchError, match="seed"):
         create_or_open_writer(LateHeader(tmp_path / "c"), m.replace(seed=m.seed + 1))
+
+
+# ---- format version 2: the top-k plus a tail of 4-bit log-probs (store/labels.py) ---------------------------
+V2 = {"num_classes": 50, "topk": 3, "tail_classes": 5}
+
+
+def make_v2_manifest(backend: str):
+    return synthetic_manifest(backend=backend, num_samples=301, unit_size=64, epochs=1, **V2)
+
+
+@pytest.fixture(scope="module")
+def v2_content() -> dict[tuple[int, int], UnitData]:
+    m = make_v2_manifest("zarr")
+    return {(0, u): synthetic_unit(m, 0, u) for u in range(num_units(m))}
+
+
+def write_v2(path, backend: str, content) -> None:
+    w = create_or_open_writer(path, make_v2_manifest(backend))
+    for e, u in sorted(content):
+        w.write_unit(e, u, content[(e, u)])
+    w.finalize()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_format_2_round_trip_of_every_field(loc, backend, v2_content):
+    write_v2(loc("c"), backend, v2_content)
+    r = open_cache(loc("c"))
+    m = r.manifest
+    assert (m.format_version, m.topk, m.tail_classes, m.label_width) == (2, 3, 5, 8)
+    assert r.manifest == make_v2_manifest(backend).replace(created=m.created, epochs_complete=(0,))
+    block = r.load_epoch(0)
+    assert block.topk_logprob.shape == block.topk_class.shape == (300, 8)  # in memory: top-(k+m) rows
+    assert block.equals(expected_epoch(v2_content, 0))
+    assert r.read_unit(0, 4).equals(v2_content[(0, 4)])  # the short last unit
+    # the content has teeth: tail log-probs at several codes, below the anchor
+    tail = block.topk_logprob[:, 3:].astype(np.float32)
+    assert len(np.unique(block.topk_logprob[:, 2].astype(np.float32)[:, None] - tail)) > 10
+
+
+def test_format_2_content_hash_is_identical_across_backends_and_sees_the_tail(tmp_path, v2_content):
+    import uuid
+
+    remote = f"memory://kdc-{uuid.uuid4().hex[:12]}"
+    places = [(tmp_path / "z", "zarr"), (tmp_path / "w", "wds"), (f"{remote}/z", "zarr"), (f"{remote}/w", "wds")]
+    digests = set()
+    for place, backend in places:
+        write_v2(place, backend, v2_content)
+        digests.add(content_hash(open_cache(place)))
+    assert len(digests) == 1
+    # one tail value moved to the next code (still on the grid) changes it
+    from kdcache.teacher_cache.store.labels import TAIL_STEP
+
+    changed = dict(v2_content)
+    lp = v2_content[(0, 2)].topk_logprob.copy()
+    lp[7, 7] = np.float16(np.float32(lp[7, 7]) - TAIL_STEP)  # the last column: the row stays sorted
+    changed[(0, 2)] = UnitData(**{**v2_content[(0, 2)].arrays(), "topk_logprob": lp})
+    write_v2(tmp_path / "changed", "zarr", changed)
+    assert content_hash(open_cache(tmp_path / "changed")) not in digests
+
+
+def test_format_2_stored_fields_are_plain_zarr_arrays_and_tar_members(tmp_path, v2_content):
+    """What a reader that knows only zarr or tar sees: version 1's top-k fields unchanged (width k), and the
+    tail as two more fields, codes as uint8 0..15 that decode to the rows kdcache reads."""
+    import io
+    import tarfile
+
+    import zarr
+
+    from kdcache.teacher_cache import stream_views
+    from kdcache.teacher_cache.store.labels import tail_values
+
+    block = expected_epoch(v2_content, 0)
+    write_v2(tmp_path / "z", "zarr", v2_content)
+    raw = {
+        name: zarr.open_array(str(tmp_path / "z" / "e00000" / name), mode="r")[:]
+        for name in ("topk_logprob", "topk_class", "tail_class", "tail_code")
+    }
+    assert raw["topk_logprob"].dtype == np.float16 and raw["topk_logprob"].shape == (300, 3)
+    assert raw["tail_code"].dtype == np.uint8 and raw["tail_code"].shape == (300, 5)
+    assert raw["tail_code"].max() <= 15 and len(np.unique(raw["tail_code"])) > 2
+    np.testing.assert_array_equal(raw["topk_logprob"].view(np.uint16), block.topk_logprob[:, :3].view(np.uint16))
+    np.testing.assert_array_equal(raw["topk_class"], block.topk_class[:, :3])
+    np.testing.assert_array_equal(raw["tail_class"], block.topk_class[:, 3:])
+    decoded = tail_values(raw["topk_logprob"][:, -1], raw["tail_code"])
+    np.testing.assert_array_equal(decoded.view(np.uint16), block.topk_logprob[:, 3:].view(np.uint16))
+
+    write_v2(tmp_path / "w", "wds", v2_content)
+    with tarfile.open(tmp_path / "w" / "e00000" / "u000001.tar") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    for name in ("topk_logprob", "topk_class", "tail_class", "tail_code"):
+        arr = np.load(io.BytesIO(members[f"e00000u000001.{name}.npy"]))
+        np.testing.assert_array_equal(arr, raw[name][64:128])
+    assert json.loads(members["e00000u000001.meta.json"])["format_version"] == 2
+
+    # streaming (webdataset) yields the decoded top-(k+m) rows, as the reader does
+    views = list(stream_views(tmp_path / "w"))
+    assert [v["slot"] for v in views] == list(range(300))
+    np.testing.assert_array_equal(np.stack([v["topk_logprob"] for v in views]), block.topk_logprob)
+    np.testing.assert_array_equal(np.stack([v["topk_class"] for v in views]), block.topk_class)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_format_2_writer_refuses_a_tail_off_the_grid_and_commits_nothing(loc, backend, v2_content):
+    w = create_or_open_writer(loc("c"), make_v2_manifest(backend))
+    w.write_unit(0, 0, v2_content[(0, 0)])
+    size = open_storage(loc("c")).total_size()
+    good = v2_content[(0, 1)]
+    lp = good.topk_logprob.copy()
+    lp[3, 7] = np.nextafter(lp[3, 7], np.float16(-np.inf))  # one ulp below a code's value: the row stays sorted
+    with pytest.raises(ValueError, match="not format version 2 codes"):
+        w.write_unit(0, 1, UnitData(**{**good.arrays(), "topk_logprob": lp}))
+    assert w.completed_units() == {(0, 0)}
+    assert open_storage(loc("c")).total_size() == size  # not one byte of the unit was written
+    w.write_unit(0, 1, good)  # and the unit can still be written
+    assert open_cache(loc("c"), allow_unfinished=True).read_unit(0, 1).equals(good)

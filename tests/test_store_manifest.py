@@ -90,6 +90,18 @@ def test_differences_ignore_resumable_fields_and_name_nested_keys():
     assert a.differences(a.replace(teacher=teacher, seed=3)) == ["teacher.weights_sha256", "seed"]
 
 
+def test_differences_between_format_versions_name_both_fields_either_way():
+    """A version 1 document has no 'tail_classes' key: comparing it with a version 2 one, in either order,
+    names both fields (it was a KeyError with the version 2 manifest first, e.g. resuming a format 2 build
+    without --format-version 2)."""
+    v1 = Manifest.from_json(doc())
+    v2 = v1.replace(format_version=2, tail_classes=4)
+    assert v1.differences(v2) == ["format_version", "tail_classes"]
+    assert v2.differences(v1) == ["format_version", "tail_classes"]
+    assert v2.differences(v2.replace(tail_classes=5)) == ["tail_classes"]
+    assert v2.differences(v1, ignore=frozenset({"format_version", "tail_classes"})) == []
+
+
 def test_content_dict_excludes_bookkeeping():
     content = Manifest.from_json(doc()).content_dict()
     for name in ("backend", "created", "epochs_planned", "library_versions", "kdcache_version", "format_version"):

@@ -107,10 +107,18 @@ def encode_labels(logprob: np.ndarray, classes: np.ndarray, topk: int) -> dict[s
     if logprob.shape[1] == topk:
         return out
     anchor, tail = logprob[:, topk - 1], logprob[:, topk:]
-    # Decoded values sit at bin middles: rounding recovers the code exactly (fp16 error << STEP / 2).
+    # Decoded values sit at bin middles: rounding recovers the code exactly (fp16 error << STEP / 2)...
     c = np.rint((anchor.astype(np.float32)[:, None] - tail.astype(np.float32)) / np.float32(TAIL_STEP) - 0.5)
     codes = np.clip(c, 0, TAIL_LEVELS - 1).astype(np.uint8)
-    if tail_values(anchor, codes).tobytes() != np.ascontiguousarray(tail).tobytes():
+    want = np.ascontiguousarray(tail).view(np.uint16)
+    # ...except below -512, where float16's spacing (>= 0.5) rounds a bin middle half-way to its neighbour's:
+    # there a neighbouring code may be the one whose decoded value has these bits.
+    for step in (-1, 1):
+        miss = tail_values(anchor, codes).view(np.uint16) != want
+        if not miss.any():
+            break
+        codes = np.where(miss, np.clip(c + step, 0, TAIL_LEVELS - 1), codes).astype(np.uint8)
+    if tail_values(anchor, codes).tobytes() != want.tobytes():
         raise ValueError("tail log-probs are not format version 2 codes; make them with store.labels.quantize_tail")
     out.update({"tail_class": classes[:, topk:], "tail_code": codes})
     return out

@@ -154,10 +154,11 @@ class Manifest:
         a, b = self.to_dict(), other.to_dict()
         out: list[str] = []
         locations = {f"{f}.{k}" for f, k in LOCATION_KEYS}  # data or weights moved: fingerprints decide
-        for k in a:
-            if k in ignore or a[k] == b[k]:
+        # Both sides' keys: a version 1 document has no 'tail_classes' (to_dict omits it), a version 2 one does.
+        for k in [*a, *(k for k in b if k not in a)]:
+            if k in ignore or a.get(k) == b.get(k):
                 continue
-            if isinstance(a[k], dict) and isinstance(b[k], dict):
+            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
                 out.extend(
                     f"{k}.{s}"
                     for s in sorted(set(a[k]) | set(b[k]))
