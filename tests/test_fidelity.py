@@ -20,7 +20,8 @@ def _np_fidelity(logits: np.ndarray, k: int, tail: int = 0) -> tuple[np.ndarray,
     """Independent float64 numpy: mass outside the stored classes, and KL(teacher || even-spread target)
     where the target is rebuilt from fp16-rounded top-k log-probs and, in format 2, the next ``tail``
     classes at their 4-bit codes as docs/cache-format.md defines them: with the anchor a the k-th fp16
-    log-prob, code c = floor((a - l) / 0.5) clipped to 0..15 stands for a - 0.5 (c + 0.5), in fp16."""
+    log-prob, code c = floor((a - l) / 0.5) clipped to 0..15 stands for a - 0.5 (c + 0.5), in fp16; a row
+    those values would leave under half its true outside mass takes c = ceil((a - l) / 0.5 - 0.5) instead."""
     z = logits.astype(np.float64)
     lp = z - z.max(1, keepdims=True)
     lp -= np.log(np.exp(lp).sum(1, keepdims=True))
@@ -30,8 +31,15 @@ def _np_fidelity(logits: np.ndarray, k: int, tail: int = 0) -> tuple[np.ndarray,
     stored = exact[:, :k].astype(np.float16).astype(np.float64)
     if tail:
         anchor = stored[:, -1:]
+
+        def values(code):
+            return (anchor - 0.5 * (code + 0.5)).astype(np.float16).astype(np.float64)
+
         code = np.clip(np.floor((anchor - exact[:, k:]) / 0.5), 0, 15)
-        stored = np.concatenate([stored, (anchor - 0.5 * (code + 0.5)).astype(np.float16).astype(np.float64)], 1)
+        left = 1 - np.exp(stored).sum(1) - np.exp(values(code)).sum(1)
+        guarded = left < 0.5 * (1 - np.exp(exact).sum(1))
+        down = np.clip(np.ceil((anchor - exact[:, k:]) / 0.5 - 0.5), 0, 15)
+        stored = np.concatenate([stored, values(np.where(guarded[:, None], down, code))], 1)
     pk = np.exp(stored)
     c, k = z.shape[1], k + tail
     # the leftover mass is clamped at 0 (the stored mass may exceed 1 after rounding: the tail's bin middles

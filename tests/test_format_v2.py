@@ -82,6 +82,24 @@ def around_512_rows(n: int = 2000, seed: int = 1) -> np.ndarray:
     return np.sort(x.astype(np.float32), axis=1)[:, ::-1].copy()
 
 
+def ref_codes(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, guarded rows) of exact rows by docs/cache-format.md's rule, in float64, independently of
+    labels.py: each value's bin; a row whose bin middles leave the unstored classes under half of their true
+    mass takes ceil((a - l) / 0.5 - 0.5) instead."""
+    a = np.maximum(rows[:, k - 1], FP16_MIN).astype(np.float16).astype(np.float64)[:, None]
+    x = (a - rows[:, k:].astype(np.float64)) / TAIL_STEP
+    floor = np.clip(np.floor(x), 0, TAIL_LEVELS - 1)
+    down = np.clip(np.ceil(x - 0.5), 0, TAIL_LEVELS - 1)
+
+    def value(c):
+        return (a - TAIL_STEP * (c + 0.5)).astype(np.float16).astype(np.float64)
+
+    head = np.exp(np.maximum(rows[:, :k], FP16_MIN).astype(np.float16).astype(np.float64)).sum(1)
+    true_left = 1 - np.exp(rows.astype(np.float64)).sum(1)
+    guarded = 1 - (head + np.exp(value(floor)).sum(1)) < 0.5 * true_left
+    return np.where(guarded[:, None], down, floor).astype(np.uint8), guarded
+
+
 def test_quantize_tail_numpy_and_torch_are_bitwise_equal():
     rows = np.concatenate([exact_rows(), extreme_rows(), around_512_rows(200)])
     for k in (1, K, K + M):  # k + m = K + M columns: tails of 11, 9 and none
@@ -102,20 +120,61 @@ def test_decoded_tail_lies_in_its_bin_of_the_exact_value():
     rows = exact_rows()
     q = quantize_tail(rows, K).astype(np.float32)
     anchor, exact, decoded = q[:, K - 1 : K], rows[:, K:], q[:, K:]
-    codes = tail_codes_of(q[:, K - 1], exact)
+    codes, guarded = ref_codes(rows, K)
+    np.testing.assert_array_equal(encode_labels(q.astype(np.float16), _ids(len(rows)), K)["tail_code"], codes)
     assert len(np.unique(codes)) == TAIL_LEVELS  # every code occurs
+    assert 0 < guarded.sum() < len(rows) / 2  # both rules occur: the guard only where a sharp teacher needs it
     # Half a step from the bin's middle, plus the fp16 rounding of the decoded value, plus how far an exact value
     # lies above an anchor that rounded down (its bin, code 0, starts at the anchor).
     slack = np.spacing(np.abs(decoded).astype(np.float16)).astype(np.float32) / 2 + np.maximum(exact - anchor, 0)
-    err = np.abs(exact - decoded)
+    err = exact - decoded
     inner = codes < TAIL_LEVELS - 1
-    assert (err[inner] <= TAIL_STEP / 2 + slack[inner] + 1e-6).all(), err[inner].max()
-    assert (err[inner] > 0.2).any()  # (the bound is nearly reached: the test would see a bin too wide)
+    mid = inner & ~guarded[:, None]
+    assert (np.abs(err[mid]) <= TAIL_STEP / 2 + slack[mid] + 1e-6).all(), np.abs(err[mid]).max()
+    assert (np.abs(err[mid]) > 0.2).any()  # (the bound is nearly reached: the test would see a bin too wide)
+    # a guarded row's values never exceed the exact ones, and lie less than a step below them
+    low = inner & guarded[:, None]
+    assert (err[low] >= -slack[low] - 1e-6).all() and (err[low] < TAIL_STEP + slack[low]).all()
     # the last code is open below: its exact value is anywhere under its bin's top
-    assert (exact[~inner] <= anchor.repeat(M, 1)[~inner] - (TAIL_LEVELS - 1) * TAIL_STEP + 1e-6).all()
-    np.testing.assert_array_equal(decoded[~inner], (anchor - 7.75).astype(np.float16).repeat(M, 1)[~inner])
+    last = ~inner
+    assert (exact[last] <= anchor.repeat(M, 1)[last] - (TAIL_LEVELS - 1.5) * TAIL_STEP + 1e-6).all()
+    np.testing.assert_array_equal(decoded[last], (anchor - 7.75).astype(np.float16).repeat(M, 1)[last])
     # never above the anchor (the k-th stored value), and sorted like the exact values
     assert (decoded <= anchor).all() and (np.diff(q, axis=1) <= 0).all()
+
+
+def _ids(n: int) -> np.ndarray:
+    return np.tile(np.arange(K + M, dtype=np.int16), (n, 1))
+
+
+def test_the_guard_keeps_the_mass_of_the_unstored_classes():
+    """A sharp row whose tail values sit low in their bins: bin middles would give the tail more mass than the
+    teacher left outside the top-k, and the even spread of the unstored classes would get nothing."""
+    a = np.log(0.01)
+    row = np.log([0.9, 0.02, 0.01] + [0.01 * np.exp(-0.49)] * M).astype(np.float32)[None]
+    true_left = 1 - np.exp(row.astype(np.float64)).sum()
+    assert 0.01 < true_left < 0.02
+    middles = np.exp((a - TAIL_STEP * 0.5)) * M + 0.93
+    assert middles > 1  # the plain rule would leave the unstored classes nothing
+    for x in (row, torch.from_numpy(row)):
+        q = np.asarray(quantize_tail(x, K), np.float64)
+        left = 1 - np.exp(q).sum()
+        assert left >= 0.5 * true_left
+        assert (q[0, K:] <= row[0, K:] + 1e-3).all()  # no decoded value above its exact one
+    # Every row of the random set keeps at least half its outside mass, but for what the guard cannot change:
+    # the fp16 rounding of the head, and the last code, which stands for a - 7.75 however far below the value is
+    # (at most m e^-7.5 of the k-th probability).
+    rows = exact_rows()
+    q = quantize_tail(rows, K).astype(np.float64)
+    exact = rows.astype(np.float64)
+    head_over = np.exp(q[:, :K]).sum(1) - np.exp(exact[:, :K]).sum(1)
+    last = ref_codes(rows, K)[0] == TAIL_LEVELS - 1
+    last_over = ((np.exp(q[:, K:]) - np.exp(exact[:, K:])) * last).sum(1)
+    true_left = 1 - np.exp(exact).sum(1)
+    left = 1 - np.exp(q).sum(1)
+    # (1e-6: float32 log-probs carry ~1e-7 of rounding in these sums; true_left itself can come out negative)
+    assert (left + np.maximum(head_over, 0) + last_over >= 0.5 * true_left - 1e-6).all()
+    assert (left < 0.5 * true_left).any()  # (the two exceptions do occur in this set)
 
 
 def test_encode_decode_round_trip_is_exact_and_gives_the_codes_back():
@@ -128,7 +187,7 @@ def test_encode_decode_round_trip_is_exact_and_gives_the_codes_back():
     np.testing.assert_array_equal(bits(stored["topk_logprob"]), bits(lp[:, :K]))
     np.testing.assert_array_equal(stored["topk_class"], cls[:, :K])
     np.testing.assert_array_equal(stored["tail_class"], cls[:, K:])
-    np.testing.assert_array_equal(stored["tail_code"], tail_codes_of(lp[:, K - 1], rows[:, K:]))  # the codes back
+    np.testing.assert_array_equal(stored["tail_code"], ref_codes(rows, K)[0])  # the codes back
     lp2, cls2 = decode_labels(stored)
     np.testing.assert_array_equal(bits(lp2), bits(lp))
     np.testing.assert_array_equal(cls2, cls)
@@ -174,20 +233,22 @@ def test_encode_labels_refuses_tail_values_off_the_grid():
         encode_labels(one, cls, K)
 
 
-def test_tail_bounds_are_the_bins_of_the_stored_codes_and_contain_the_exact_value():
+def test_tail_bounds_contain_the_exact_value_under_either_rule():
     rows = exact_rows()
     lp = quantize_tail(rows, K)
     low, high = tail_bounds(lp, K)
-    anchor = lp[:, K - 1 : K].astype(np.float32)
-    codes = tail_codes_of(lp[:, K - 1], rows[:, K:])
-    np.testing.assert_array_equal(high, anchor - TAIL_STEP * codes)
+    v = lp[:, K:].astype(np.float32)
+    codes, guarded = ref_codes(rows, K)
+    np.testing.assert_array_equal(high, v + TAIL_STEP)
     last = codes == TAIL_LEVELS - 1
     assert np.isneginf(low[last]).all() and last.any()
-    np.testing.assert_array_equal(low[~last], high[~last] - TAIL_STEP)
+    np.testing.assert_array_equal(low[~last], v[~last] - TAIL_STEP / 2)
     exact = rows[:, K:]
-    # an exact value may exceed an fp16 anchor that rounded down by at most the anchor's half ulp
-    slack = np.spacing(np.abs(lp[:, K - 1 : K])).astype(np.float32) / 2
-    assert ((low <= exact) & (exact <= high + slack)).all()
+    slack = np.spacing(np.abs(lp[:, K:])).astype(np.float32) / 2  # the decoded value's own fp16 rounding
+    assert ((low - slack <= exact) & (exact <= high + slack)).all()
+    # tight: plain rows reach below v, guarded rows reach nearly a step above it
+    assert ((exact - v)[~last & ~guarded[:, None]] < -0.2).any()
+    assert ((exact - v)[~last & guarded[:, None]] > 0.4).any()
 
 
 def test_logits_to_topk_tail_extends_the_topk_without_changing_it():
@@ -201,10 +262,10 @@ def test_logits_to_topk_tail_extends_the_topk_without_changing_it():
         np.testing.assert_array_equal(bits(lp[:, :K]), bits(lp_k))
         np.testing.assert_array_equal(cls[:, :K].numpy(), cls_k.numpy())
         np.testing.assert_array_equal(cls.numpy(), np.argsort(-z.numpy(), axis=1, kind="stable")[:, : K + M])
-        # the tail columns: the decoded codes of the exact log-probs of those classes (float64 here)
-        exact = torch.log_softmax(z.double(), -1).gather(1, cls[:, K:].long()).numpy()
+        # the tail columns: the decoded codes (docs' rule, ref_codes) of the exact log-probs of those classes
+        exact = torch.log_softmax(z.float(), -1).gather(1, cls.long()).numpy()
         anchor = lp[:, K - 1 : K].numpy().astype(np.float64)
-        code = np.clip(np.floor((anchor - exact) / TAIL_STEP), 0, TAIL_LEVELS - 1)
+        code, _ = ref_codes(exact, K)
         want = (anchor - TAIL_STEP * (code + 0.5)).astype(np.float16)
         np.testing.assert_array_equal(bits(lp[:, K:]), bits(want))
     with pytest.raises(ValueError, match="k \\+ tail <= 100"):

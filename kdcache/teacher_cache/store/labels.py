@@ -61,34 +61,64 @@ def tail_codes_of(anchor: Any, logprob: Any) -> Any:
 
 
 def tail_bounds(logprob: np.ndarray, topk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per decoded tail value of rows (..., k+m): the (low, high) log-prob bounds of its code's bin; the last
-    code's bin is open below (low = -inf). What a fresh teacher forward must fall within (``verify``)."""
+    """Per decoded tail value v of rows (..., k+m): (low, high) log-prob bounds of the exact value it codes.
+    A code in its value's bin gives (v - STEP/2, v + STEP/2]; a guarded row's codes (:func:`quantize_tail`)
+    give [v, v + STEP): together (v - STEP/2, v + STEP), open below for the last code. What a fresh teacher
+    forward must fall within (``verify``)."""
     anchor = np.asarray(logprob[..., topk - 1 : topk], np.float32)
     tail = np.asarray(logprob[..., topk:], np.float32)
     c = np.clip(np.rint((anchor - tail) / np.float32(TAIL_STEP) - 0.5), 0, TAIL_LEVELS - 1)
-    high = anchor - TAIL_STEP * c
-    low = np.where(c == TAIL_LEVELS - 1, -np.inf, high - TAIL_STEP)
-    return low, high
+    low = np.where(c == TAIL_LEVELS - 1, -np.inf, tail - TAIL_STEP / 2)
+    return low, tail + TAIL_STEP
 
 
 def quantize_tail(exact: Any, k: int) -> Any:
     """float16 top-(k+m) log-probs as a version 2 cache stores them: columns < k as given (rounded to
     float16), columns >= k replaced by their decoded codes. ``exact``: float32 (..., k+m), sorted
-    descending (logits_to_topk's log-probs before the float16 cast). torch or numpy."""
+    descending (logits_to_topk's log-probs before the float16 cast). torch or numpy.
+
+    A code's value is its bin's middle, so a decoded tail may hold more mass than the teacher gave those
+    classes. Where that would leave the unstored classes less than half of their true mass (a sharp
+    teacher: little mass outside), the row takes the codes whose values do not exceed the exact ones
+    instead (:func:`_guarded_codes`), so the tail never eats the even spread.
+    """
     if type(exact).__module__.startswith("torch"):
         import torch
 
         head = exact[..., :k].clamp_min(_FP16_MIN).half()
         if exact.shape[-1] == k:
             return head
-        codes = tail_codes_of(head[..., -1], exact[..., k:])
+        codes = _guarded_codes(exact, head, k)
         return torch.cat([head, tail_values(head[..., -1], codes)], dim=-1)
     exact = np.asarray(exact, np.float32)
     head = np.maximum(exact[..., :k], np.float32(_FP16_MIN)).astype(np.float16)
     if exact.shape[-1] == k:
         return head
-    codes = tail_codes_of(head[..., -1], exact[..., k:])
+    codes = _guarded_codes(exact, head, k)
     return np.concatenate([head, tail_values(head[..., -1], codes)], axis=-1)
+
+
+def _guarded_codes(exact: Any, head: Any, k: int) -> Any:
+    """The tail's codes: each value's bin, or, in rows where those bins' middles would leave the unstored
+    classes under half their true mass, the codes one bin lower wherever the middle lies above the value."""
+    torch_in = type(exact).__module__.startswith("torch")
+    anchor, tail = head[..., -1], exact[..., k:]
+    codes = tail_codes_of(anchor, tail)
+    if torch_in:
+        import torch
+
+        x = (anchor.float().unsqueeze(-1) - tail.float()) / TAIL_STEP - 0.5
+        down = torch.ceil(x).clamp(0, TAIL_LEVELS - 1).to(torch.uint8)
+        true_left = 1.0 - exact.double().exp().sum(-1)
+        stored = head.double().exp().sum(-1) + tail_values(anchor, codes).double().exp().sum(-1)
+        risky = (1.0 - stored) < 0.5 * true_left
+        return torch.where(risky.unsqueeze(-1), down, codes)
+    x = (np.asarray(anchor).astype(np.float32)[..., None] - tail) / np.float32(TAIL_STEP) - np.float32(0.5)
+    down = np.clip(np.ceil(x), 0, TAIL_LEVELS - 1).astype(np.uint8)
+    true_left = 1.0 - np.exp(exact.astype(np.float64)).sum(-1)
+    stored = np.exp(head.astype(np.float64)).sum(-1) + np.exp(tail_values(anchor, codes).astype(np.float64)).sum(-1)
+    risky = (1.0 - stored) < 0.5 * true_left
+    return np.where(risky[..., None], down, codes)
 
 
 def stored_label_layout(topk: int, tail: int, num_classes: int) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
