@@ -18,7 +18,7 @@ each timed run pulls its batches from a fresh ``CacheBatchSource.epoch_batches``
 workers re-render and digest-check every view), takes ``--warmup`` untimed steps, then times
 ``--steps`` steps.
 
-Before timing, a small cache is built with ``kdcache.teacher_cache.build.pipeline.run_build`` over
+Before timing, a small one-epoch cache is built with ``kdcache.teacher_cache.build.pipeline.run_build`` over
 synthetic ImageNet-like JPEGs (``view_engine.make_imagefolder``; folders renamed to ImageNet WordNet
 ids so that the 1000-class teacher maps them) with a teacher at random init saved to a temporary .pth
 and passed as ``teacher_weights``, as a user passes ``--teacher-weights`` (no network needed). The
@@ -64,6 +64,7 @@ from kdcache.models.precision import amp_dtype
 from kdcache.models.student import create_student
 from kdcache.models.teacher import create_teacher, resolve_name
 from kdcache.student.cache_source import CacheBatchSource
+from kdcache.student.ema import set_total_updates
 from kdcache.student.loss import KDLoss, mixed_smooth_target
 from kdcache.student.optim import create_optimizer
 from kdcache.student.run import TrainConfig, resolve_recipe
@@ -152,6 +153,7 @@ class KdcacheMode:
         # What Trainer.fit does before its first epoch (no checkpoint, no run log: nothing timed).
         t.steps_per_epoch = self.source.steps_per_epoch
         t.scheduler = create_scheduler(t.optimizer, t.cfg, t.steps_per_epoch)
+        set_total_updates(t.ema, t.steps_per_epoch * t.cfg.epochs)
         t.train_model.train()
         self.sums: dict[str, torch.Tensor] = {}
 
@@ -393,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             teacher=args.teacher,
             data=str(root),
             out=str(tmp / "cache"),
+            epochs=1,  # every round reads it (the recipe's 610 would cost 610 teacher passes)
             teacher_weights=args.teacher_weights,
             batch_size=min(64, args.batch * 4),
             workers=args.workers,
