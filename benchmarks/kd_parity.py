@@ -201,7 +201,8 @@ def main() -> None:
                 r[f"{s}_agree"], r[f"{s}_kl"] = evaluate(model, xe, ze)
             res[w].append(r)
             print(
-                f"seed {seed} {w:7s} " + " ".join(f"{k} {v:.3f}" for k, v in r.items())
+                f"seed {seed} {w:7s} "
+                + " ".join(f"{k} {v:.3f}" for k, v in r.items())
                 + f"  {time.perf_counter() - t0:.0f} s",
                 flush=True,
             )
