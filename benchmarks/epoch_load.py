@@ -6,7 +6,15 @@ views, top-10 of 1000 classes): slots from the real epoch plan, view params from
 logits peak at both mixed labels, random 8-byte digests. Writes both backends, then times
 ``open_cache(path).load_epoch(0)`` with a warm page cache (best of 3).
 
-    .venv/bin/python benchmarks/epoch_load.py [--views N] [--out DIR] [--keep]
+With ``--tail-classes M`` (M > 0) it also writes a format version 2 cache of the same views in both
+backends (the same top-k plus a tail of M classes with 4-bit codes, store/labels.py) and reports bytes
+per view and load time of version 1 and version 2 side by side, plus the time the tail decode alone
+(``decode_labels``) takes within the version 2 load. Version 1's labels are then the first k columns of
+version 2's, from one torch.topk of width k+M; that orders classes whose float32 log-probs tie exactly
+differently from a top-k alone, so a few rows' class order differs from a run without the option.
+
+    .venv/bin/python benchmarks/epoch_load.py [--views N] [--tail-classes M] [--out DIR] [--keep]
+    .venv/bin/python benchmarks/epoch_load.py --tail-classes 10   # v1 and v2 (top-10 + 10), full ImageNet size
 """
 
 from __future__ import annotations
@@ -82,14 +90,22 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=1281167, help="dataset size (views per epoch = even part)")
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--topk", type=int, default=10)
+    ap.add_argument(
+        "--tail-classes", type=int, default=0, help="also write and time a format 2 cache with this many tail "
+        "classes (0: version 1 only)",
+    )  # fmt: skip
     ap.add_argument("--unit-size", type=int, default=10240)
     ap.add_argument("--param-pool", type=int, default=8192, help="pairs sampled with the real samplers")
     ap.add_argument("--out", type=Path, help="where to write (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the caches")
     args = ap.parse_args()
 
+    if not 0 <= args.tail_classes <= args.classes - args.topk:
+        ap.error(f"--tail-classes must be in 0..{args.classes - args.topk} (classes - topk)")
+
     from kdcache.teacher_cache import create_or_open_writer, num_units, open_cache
     from kdcache.teacher_cache.store.fields import UnitData
+    from kdcache.teacher_cache.store.labels import decode_labels, encode_labels
     from kdcache.teacher_cache.store.units import unit_slots
     from kdcache.testing.synthetic_cache import synthetic_manifest, synthetic_topk
     from kdcache.views.plan import make_epoch_plan
@@ -101,10 +117,18 @@ def main() -> None:
     pool = real_param_pool(args.param_pool, n_ops, size)
     print(f"sampled {2 * args.param_pool} view params with the real samplers in {time.perf_counter() - t0:.1f} s")
 
-    base = synthetic_manifest(
-        num_samples=args.views, num_classes=args.classes, topk=args.topk, unit_size=args.unit_size, epochs=1
-    )
-    writers = {b: create_or_open_writer(out / b, base.replace(backend=b)) for b in ("zarr", "wds")}
+    k, m = args.topk, args.tail_classes
+    kw = dict(num_samples=args.views, num_classes=args.classes, topk=k, unit_size=args.unit_size, epochs=1)
+    base = synthetic_manifest(**kw)
+    # Cache name -> manifest: version 1 as "zarr"/"wds" (the names without the option), version 2 as "*-v2".
+    manifests = {b: base.replace(backend=b) for b in ("zarr", "wds")}
+    if m:
+        tail = synthetic_manifest(**kw, tail_classes=m)
+        manifests.update({f"{b}-v2": tail.replace(backend=b) for b in ("zarr", "wds")})
+    # The labels come from the widest manifest; version 1 keeps their first k columns, which are the same
+    # float16 values whatever the width (quantize_tail leaves columns < k as they are).
+    widest = tail if m else base
+    writers = {name: create_or_open_writer(out / name, man) for name, man in manifests.items()}
     plan = make_epoch_plan(base.seed, 0, args.views, base.repeats)
     g = np.random.default_rng(1)
     write_s = dict.fromkeys(writers, 0.0)
@@ -115,26 +139,31 @@ def main() -> None:
         records = pool[g.integers(0, len(pool), (b - a) // 2)].reshape(b - a, -1)
         labels = ids.astype(np.int64) * args.classes // args.views
         partner = np.ascontiguousarray(labels.reshape(-1, 2)[:, ::-1]).reshape(-1)
-        lp, cls = synthetic_topk(g, labels, partner, lambdas(records, n_ops, size), base, 11.0, 1.5)
-        data = UnitData(
+        lp, cls = synthetic_topk(g, labels, partner, lambdas(records, n_ops, size), widest, 11.0, 1.5)
+        common = dict(
             sample_id=ids,
             repeat=plan.repeats[a:b].astype(np.uint8),
             params=records,
             digest=g.integers(0, 2**64, b - a, dtype=np.uint64),
-            topk_logprob=lp,
-            topk_class=cls,
         )
+        data = {
+            1: UnitData(
+                **common, topk_logprob=np.ascontiguousarray(lp[:, :k]), topk_class=np.ascontiguousarray(cls[:, :k])
+            ),
+            2: UnitData(**common, topk_logprob=lp, topk_class=cls),
+        }
         for name, w in writers.items():
             ts = time.perf_counter()
-            w.write_unit(0, u, data)
+            w.write_unit(0, u, data[w.manifest.format_version])
             write_s[name] += time.perf_counter() - ts
     for w in writers.values():
         w.finalize()
     print(f"generated and wrote {num_units(base)} units of {args.unit_size} views in {time.perf_counter() - t0:.1f} s")
 
     views = base.num_slots
-    print(f"\n{views:,} views/epoch, top-{args.topk} of {args.classes} classes, record width {base.record_width}")
-    blocks = {}
+    tail_note = f"; format 2 adds a tail of {m} classes (4-bit codes)" if m else ""
+    print(f"\n{views:,} views/epoch, top-{k} of {args.classes} classes{tail_note}, record width {base.record_width}")
+    blocks, best = {}, {}
     for name in writers:
         reader = open_cache(out / name)
         reader.load_epoch(0)  # warm the page cache
@@ -143,18 +172,39 @@ def main() -> None:
             ts = time.perf_counter()
             blocks[name] = open_cache(out / name).load_epoch(0)
             times.append(time.perf_counter() - ts)
+        best[name] = min(times)
         size_b = reader.bytes_on_disk()
+        version = reader.manifest.format_version
         print(
-            f"{name:5s} {size_b / views:6.1f} B/view on disk ({size_b / 1e6:.1f} MB), "
-            f"load epoch {min(times):.2f} s (best of 3; all {', '.join(f'{t:.2f}' for t in times)}), "
+            f"{name:8s} v{version} {size_b / views:6.1f} B/view on disk ({size_b / 1e6:.1f} MB), "
+            f"load epoch {best[name]:.2f} s (best of 3; all {', '.join(f'{t:.2f}' for t in times)}), "
             f"write {write_s[name]:.1f} s"
         )
-        if name == "zarr":
+        if name.startswith("zarr"):
             per = field_bytes(out / name)
-            print("      per field: " + ", ".join(f"{k} {v / views:.2f}" for k, v in sorted(per.items())) + " B/view")
+            print("      per field: " + ", ".join(f"{f} {v / views:.2f}" for f, v in sorted(per.items())) + " B/view")
     assert blocks["zarr"].equals(blocks["wds"]), "backends disagree"
     in_memory = sum(a.nbytes for a in blocks["zarr"].arrays().values())
     print(f"in memory {in_memory / views:.1f} B/view ({in_memory / 1e6:.1f} MB); both backends load identical arrays")
+    if m:
+        v2 = blocks["zarr-v2"]
+        assert v2.equals(blocks["wds-v2"]), "format 2: backends disagree"
+        assert np.array_equal(v2.topk_logprob[:, :k], blocks["zarr"].topk_logprob), "format 2 changed the top-k"
+        assert np.array_equal(v2.topk_class[:, :k], blocks["zarr"].topk_class), "format 2 changed the top-k"
+        in_memory2 = sum(a.nbytes for a in v2.arrays().values())
+        stored = encode_labels(v2.topk_logprob, v2.topk_class, k)
+        times = []
+        for _ in range(3):
+            ts = time.perf_counter()
+            decode_labels(stored)
+            times.append(time.perf_counter() - ts)
+        print(
+            f"format 2 in memory {in_memory2 / views:.1f} B/view ({in_memory2 / 1e6:.1f} MB, top-{k + m} rows); "
+            f"both backends agree and its top-{k} equals version 1's"
+        )
+        print(f"format 2 tail decode (decode_labels over the epoch) {min(times):.3f} s (best of 3)")
+        for b in ("zarr", "wds"):
+            print(f"{b:5s} load v2 / v1 {best[f'{b}-v2'] / best[b]:.2f}x, {best[f'{b}-v2'] - best[b]:+.2f} s")
     if not args.keep and args.out is None:
         shutil.rmtree(out)
     elif args.keep:

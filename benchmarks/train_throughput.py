@@ -4,7 +4,11 @@ online distillation, on the same machine, data and views.
 - **none**   plain training (CE on the mixed, smoothed target); views replayed from the cache
              (``CacheBatchSource(with_topk=False)``), as ``kdcache train --kd none`` does.
 - **cached** kdcache's product: the same views plus the stored teacher top-k
-             (``CacheBatchSource(with_topk=True)``), KD loss from the rebuilt distribution.
+             (``CacheBatchSource(with_topk=True)``), KD loss from the rebuilt distribution. With
+             ``--format-version 2`` its cache is format 2 and it reads the top-k plus the tail.
+- **cached-v2** (only when asked for in ``--modes``) cached on a second cache of the same views built
+             as format version 2 (top-k plus ``--tail-classes`` tail classes with 4-bit codes), so
+             one run compares reading version 1 (cached) with version 2 (cached-v2) on the same data.
 - **online** the teacher (``OnlineTeacher``) runs on every batch, on the same views.
 - **timm**   ``timm.task.LogitDistillationTask`` with the same student (same init), teacher weights,
              batch, views, loss weights (0.8 KD + 0.2 soft-target CE, T=1), LAMB, clip and EMA, in
@@ -18,11 +22,12 @@ each timed run pulls its batches from a fresh ``CacheBatchSource.epoch_batches``
 workers re-render and digest-check every view), takes ``--warmup`` untimed steps, then times
 ``--steps`` steps.
 
-Before timing, a small cache is built with ``kdcache.teacher_cache.build.pipeline.run_build`` over
+Before timing, a small one-epoch cache is built with ``kdcache.teacher_cache.build.pipeline.run_build`` over
 synthetic ImageNet-like JPEGs (``view_engine.make_imagefolder``; folders renamed to ImageNet WordNet
 ids so that the 1000-class teacher maps them) with a teacher at random init saved to a temporary .pth
-and passed as ``teacher_weights``, as a user passes ``--teacher-weights`` (no network needed). The
-build is not timed.
+and passed as ``teacher_weights``, as a user passes ``--teacher-weights`` (no network needed). With mode
+cached-v2 a second cache (format 2) is built from the same data and teacher; the two hold the same views.
+The builds are not timed.
 
 Modes run in rounds; each round runs every mode once, in an order rotated from round to round, so
 load from other processes hits every mode alike. The report gives per-round images/s, medians, and
@@ -32,6 +37,8 @@ the medians of the per-round ratios.
     python benchmarks/train_throughput.py --rounds 5 --steps 6
     python benchmarks/train_throughput.py --device cuda --amp bf16 --channels-last --batch 128 --workers 12
     python benchmarks/train_throughput.py --student resnet18 --teacher vit_tiny_patch16_224 --batch 8  # quick
+    python benchmarks/train_throughput.py --modes none,cached,cached-v2 --tail-classes 10  # reading v1 vs v2
+    python benchmarks/train_throughput.py --format-version 2 --tail-classes 10              # cached reads v2
 """
 
 from __future__ import annotations
@@ -64,18 +71,21 @@ from kdcache.models.precision import amp_dtype
 from kdcache.models.student import create_student
 from kdcache.models.teacher import create_teacher, resolve_name
 from kdcache.student.cache_source import CacheBatchSource
+from kdcache.student.ema import set_total_updates
 from kdcache.student.loss import KDLoss, mixed_smooth_target
 from kdcache.student.optim import create_optimizer
 from kdcache.student.run import TrainConfig, resolve_recipe
 from kdcache.student.schedule import create_scheduler
 from kdcache.student.targets import TeacherTarget
 from kdcache.student.trainer import RunOptions, Trainer
-from kdcache.teacher_cache.build.config import BuildConfig
+from kdcache.teacher_cache.build.config import DEFAULT_TAIL_CLASSES, BuildConfig
 from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
 from kdcache.teacher_cache.replay import open_replay
 from kdcache.teacher_cache.store import open_cache
 
-MODES = ("none", "cached", "online", "timm")
+MODES = ("none", "cached", "cached-v2", "online", "timm")
+DEFAULT_MODES = ("none", "cached", "online", "timm")  # cached-v2 builds a second cache: only when asked for
+SHORT = {"none": "n", "cached": "c", "cached-v2": "c2", "online": "o", "timm": "t"}  # the report's order column
 
 
 # ---- set-up (not timed) -------------------------------------------------------------------------
@@ -119,12 +129,14 @@ def _cpu_seconds() -> float:
     return time.process_time() + sum(_proc_cpu_seconds(p.pid) for p in multiprocessing.active_children())
 
 
-# ---- the four ways to train ---------------------------------------------------------------------
+# ---- the ways to train --------------------------------------------------------------------------
 class KdcacheMode:
-    """``kdcache train --kd MODE``: a Trainer as run_train builds it, stepped by its own ``_step``."""
+    """``kdcache train --kd MODE``: a Trainer as run_train builds it, stepped by its own ``_step``. Mode
+    cached-v2 is ``--kd cached`` on the format 2 cache (``reader``)."""
 
     def __init__(self, mode: str, recipe, manifest, reader, engine, args, out_dir: Path):
         self.device = torch.device(args.device)
+        kd = "cached" if mode == "cached-v2" else mode
         teacher = None
         if mode == "online":
             model, tinfo = create_teacher(args.teacher, args.teacher_weights, num_classes=manifest.num_classes)
@@ -137,11 +149,11 @@ class KdcacheMode:
             np.asarray(manifest.dataset["to_teacher"]),
             recipe.train.global_batch,
             workers=args.workers,
-            with_topk=mode == "cached",
+            with_topk=kd == "cached",
         )
         options = RunOptions(
             out_dir=out_dir / mode,
-            mode=mode,
+            mode=kd,
             device=args.device,
             amp=args.amp,
             channels_last=args.channels_last,
@@ -152,6 +164,7 @@ class KdcacheMode:
         # What Trainer.fit does before its first epoch (no checkpoint, no run log: nothing timed).
         t.steps_per_epoch = self.source.steps_per_epoch
         t.scheduler = create_scheduler(t.optimizer, t.cfg, t.steps_per_epoch)
+        set_total_updates(t.ema, t.steps_per_epoch * t.cfg.epochs)
         t.train_model.train()
         self.sums: dict[str, torch.Tensor] = {}
 
@@ -243,13 +256,16 @@ def timed_run(runner, epoch: int, warmup: int, steps: int) -> tuple[int, float, 
     return images, wall, cpu
 
 
-def loss_overhead(num_classes: int, batch: int, k: int, device: torch.device, reps: int = 30) -> dict[str, float]:
-    """ms per step of the loss alone (forward + backward on (batch, C) logits) for each target kind."""
+def loss_overhead(
+    num_classes: int, batch: int, widths: dict[str, int], device: torch.device, reps: int = 30
+) -> dict[str, float]:
+    """ms per step of the loss alone (forward + backward on (batch, C) logits) for each target kind:
+    none, online, and each cached kind in ``widths`` (name -> stored classes per row, k or k + tail)."""
     g = torch.Generator().manual_seed(0)
     logits0 = torch.randn(batch, num_classes, generator=g).to(device)
     y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
     lam = torch.rand(batch, generator=g).to(device)
-    lp = torch.log_softmax(torch.randn(batch, num_classes, generator=g), 1).topk(k, dim=1)
+    lp = torch.log_softmax(torch.randn(batch, num_classes, generator=g), 1).topk(max(widths.values()), dim=1)
     topk_lp, topk_cls = lp.values.half().to(device), lp.indices.to(torch.int16).to(device)
     teacher_logits = torch.randn(batch, num_classes, generator=g).to(device)
     loss_fn = KDLoss(num_classes)
@@ -257,14 +273,15 @@ def loss_overhead(num_classes: int, batch: int, k: int, device: torch.device, re
     def run(kind: str) -> None:
         logits = logits0.clone().requires_grad_(True)
         target = None
-        if kind == "cached":
-            target = TeacherTarget.from_topk(topk_lp, topk_cls, num_classes)
+        if kind in widths:
+            w = widths[kind]
+            target = TeacherTarget.from_topk(topk_lp[:, :w], topk_cls[:, :w], num_classes)
         elif kind == "online":
             target = TeacherTarget.from_logits(teacher_logits)
         loss_fn(logits, y, y.flip(0), lam, target).total.backward()
 
     out = {}
-    for kind in ("none", "cached", "online"):
+    for kind in ("none", *widths, "online"):
         run(kind)
         _sync(device)
         t0 = time.perf_counter()
@@ -276,6 +293,22 @@ def loss_overhead(num_classes: int, batch: int, k: int, device: torch.device, re
 
 
 # ---- report -------------------------------------------------------------------------------------
+PAIRS = (
+    ("cached", "none"),
+    ("cached-v2", "none"),
+    ("cached-v2", "cached"),
+    ("cached", "online"),
+    ("cached", "timm"),
+)
+GOALS = {
+    "cached/none": "goal >= 0.97",
+    "cached-v2/none": "goal >= 0.97",
+    "cached-v2/cached": "format 2 vs 1, no goal",
+    "cached/online": "goal >= 2.3 on the 2-core CPU",
+    "cached/timm": "no goal",
+}
+
+
 def _median(xs: list[float]) -> float:
     xs = [x for x in xs if not math.isnan(x)]
     return statistics.median(xs) if xs else math.nan
@@ -285,10 +318,10 @@ def report(
     rows: list[dict[str, Any]], modes: list[str], steps: int, batch: int
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per-round table, medians, and the medians of the per-round ratios."""
-    pairs = [(a, b) for a, b in (("cached", "none"), ("cached", "online"), ("cached", "timm")) if {a, b} <= set(modes)]
+    pairs = [(a, b) for a, b in PAIRS if {a, b} <= set(modes)]
     head = ["round", "order", "load", *(f"{m} img/s" for m in modes), *(f"{a}/{b}" for a, b in pairs)]
     width = [max(6, len(h)) for h in head]
-    width[1] = max(width[1], len("/".join(m[0] for m in modes)) + 1)
+    width[1] = max(width[1], len("/".join(SHORT[m] for m in modes)) + 1)
     fmt = "  ".join(f"{{:>{w}}}" for w in width)
     print(fmt.format(*head))
     for r in rows:
@@ -296,7 +329,7 @@ def report(
         print(
             fmt.format(
                 r["round"],
-                "/".join(m[0] for m in r["order"]),
+                "/".join(SHORT[m] for m in r["order"]),
                 f"{r['load']:.1f}",
                 *(f"{r['rate'][m]:.2f}" for m in modes),
                 *(f"{q:.3f}" for q in ratios),
@@ -308,7 +341,7 @@ def report(
     print(fmt.format("median", "", "", *(f"{med[m]:.2f}" for m in modes), *(f"{qmed[k]:.3f}" for k in qmed)))
 
     print()
-    fmt2 = "{:<8}  {:>13}  {:>11}  {:>14}  {:>14}"
+    fmt2 = "{:<9}  {:>13}  {:>11}  {:>14}  {:>14}"
     print(fmt2.format("mode", "median img/s", "s per step", "CPU ms/image", "CPU cores busy"))
     for m in modes:
         cpu = _median([r["cpu"][m] for r in rows])
@@ -340,13 +373,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     ap.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    ap.add_argument(
+        "--modes", default=",".join(DEFAULT_MODES), help=f"comma-separated subset of {','.join(MODES)} "
+        f"(default {','.join(DEFAULT_MODES)}; cached-v2 builds a second cache, as format 2)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--format-version", type=int, choices=(1, 2), default=1, help="format of the cache that modes cached, "
+        "none, online and timm read (2: top-k plus a tail, which mode cached then reads)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--tail-classes", type=int, help="tail classes of a format 2 cache (--format-version 2 or mode cached-v2; "
+        f"default {DEFAULT_TAIL_CLASSES})",
+    )  # fmt: skip
     ap.add_argument("--data", type=Path, help="an ImageFolder with ImageNet WordNet-id folders instead of synthetic")
     args = ap.parse_args(argv)
     modes = [m for m in MODES if m in args.modes.split(",")]
     unknown = set(args.modes.split(",")) - set(MODES)
     if unknown or not modes:
         ap.error(f"--modes: unknown {', '.join(sorted(unknown)) or 'empty'}; choose from {', '.join(MODES)}")
+    if "cached-v2" in modes and args.format_version == 2:
+        ap.error("mode cached-v2 compares format 2 with format 1: leave --format-version at 1 (mode cached reads it)")
+    if args.tail_classes is not None and args.format_version == 1 and "cached-v2" not in modes:
+        ap.error("--tail-classes needs --format-version 2 or mode cached-v2")
+    tail = DEFAULT_TAIL_CLASSES if args.tail_classes is None else args.tail_classes
+    if tail < 1:
+        ap.error("--tail-classes must be >= 1")
     if args.batch < 2 or args.batch % 2:
         ap.error("--batch must be even (mixing pairs stay whole)")
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
@@ -387,25 +438,41 @@ def main(argv: list[str] | None = None) -> int:
             weights_note = "random init, saved to a temporary .pth"
         else:
             weights_note = args.teacher_weights
-        print(f"cache   : building {views} views with the teacher (not timed) ...", flush=True)
-        t0 = time.perf_counter()
-        bcfg = BuildConfig(
-            teacher=args.teacher,
-            data=str(root),
-            out=str(tmp / "cache"),
-            teacher_weights=args.teacher_weights,
-            batch_size=min(64, args.batch * 4),
-            workers=args.workers,
-            device=args.device,
-            progress=False,
-        )
-        summary = run_build(bcfg, prepare_build(bcfg), bcfg.out).summary(args.teacher)
-        print(f"cache   : built in {time.perf_counter() - t0:.1f} s (not timed below)")
-        print("\n".join("          " + line.strip() for line in summary.splitlines()[1:]))
+        builds = {"cache": args.format_version}
+        if "cached-v2" in modes:
+            builds["cache-v2"] = 2
+        for name, version in builds.items():
+            print(f"{name:<8}: building {views} views with the teacher as format {version} (not timed) ...", flush=True)
+            t0 = time.perf_counter()
+            bcfg = BuildConfig(
+                teacher=args.teacher,
+                data=str(root),
+                out=str(tmp / name),
+                epochs=1,  # every round reads it (the recipe's 610 would cost 610 teacher passes)
+                format_version=version,
+                tail_classes=tail if version == 2 else None,
+                teacher_weights=args.teacher_weights,
+                batch_size=min(64, args.batch * 4),
+                workers=args.workers,
+                device=args.device,
+                progress=False,
+            )
+            summary = run_build(bcfg, prepare_build(bcfg), bcfg.out).summary(args.teacher)
+            print(f"{name:<8}: built in {time.perf_counter() - t0:.1f} s (not timed below)")
+            print("\n".join("          " + line.strip() for line in summary.splitlines()[1:]))
 
         reader = open_cache(str(tmp / "cache"))
         m = reader.manifest
         engine = open_replay(m)
+        m2 = None
+        if "cached-v2" in modes:
+            reader2 = open_cache(str(tmp / "cache-v2"))
+            m2 = reader2.manifest
+            b1, b2 = reader.load_epoch(0), reader2.load_epoch(0)
+            same = all(np.array_equal(getattr(b1, f), getattr(b2, f)) for f in ("sample_id", "params", "digest"))
+            if not same or not np.array_equal(b1.topk_logprob, b2.topk_logprob[:, : m.topk]):
+                raise SystemExit("the format 1 and format 2 caches hold different views or top-k: not comparable")
+            engine2 = open_replay(m2)
         targs = TrainConfig(
             student=args.student, cache=str(tmp / "cache"), out=str(tmp / "runs"), batch_size=args.batch
         )
@@ -414,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             if mode == "timm":
                 runners[mode] = TimmMode(recipe, m, reader, engine, args)
+            elif mode == "cached-v2":
+                runners[mode] = KdcacheMode(mode, recipe, m2, reader2, engine2, args, tmp / "runs")
             else:
                 runners[mode] = KdcacheMode(mode, recipe, m, reader, engine, args, tmp / "runs")
         steps_per_epoch = runners[modes[0]].source.steps_per_epoch
@@ -428,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"setup   : student {t.model} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f} M params), "
             f"teacher {args.teacher} = {m.teacher['model']} ({weights_note}), {m.image_size}px, "
-            f"{m.num_classes} classes, top-{m.topk}"
+            f"{m.num_classes} classes, {m.label_scheme} (format {m.format_version})"
+            + (f"; cached-v2: {m2.label_scheme} (format 2)" if m2 is not None else "")
         )
         print(
             f"          batch {args.batch} views per step, {args.warmup} warm-up + {args.steps} timed steps per mode "
@@ -455,28 +525,28 @@ def main(argv: list[str] | None = None) -> int:
                 row["rate"][mode] = n / wall
                 row["cpu"][mode] = 1e3 * cpu / n
                 row["busy"][mode] = cpu / wall
-                print(f"  round {r} {mode:<6} {n / wall:7.2f} img/s  ({wall:.1f} s, CPU {cpu:.1f} s)", flush=True)
+                print(f"  round {r} {mode:<9} {n / wall:7.2f} img/s  ({wall:.1f} s, CPU {cpu:.1f} s)", flush=True)
             rows.append(row)
         del runners
     print()
     qmed, qcpu = report(rows, modes, args.steps, args.batch)
 
     print()
-    goals = {"cached/none": "goal >= 0.97", "cached/online": "goal >= 2.3 on the 2-core CPU", "cached/timm": "no goal"}
     for k, q in qmed.items():
         cpu_note = f"; per CPU-second {qcpu[k]:.3f}x" if device.type == "cpu" else ""
-        print(f"{k:<14}: {q:.3f}x  (median of per-round images/s ratios, {goals[k]}{cpu_note})")
-    lo = loss_overhead(m.num_classes, args.batch, m.topk, device)
-    extra = lo["cached"] - lo["none"]
-    share = ""
-    if "none" in modes:
-        step_none_ms = 1e3 * args.batch / _median([r["rate"]["none"] for r in rows])
-        share = f" = {100 * extra / step_none_ms:.3f}% of a none step"
+        print(f"{k:<16}: {q:.3f}x  (median of per-round images/s ratios, {GOALS[k]}{cpu_note})")
+    widths = {"cached": m.label_width, **({"cached-v2": m2.label_width} if m2 is not None else {})}
+    lo = loss_overhead(m.num_classes, args.batch, widths, device)
+    step_none_ms = 1e3 * args.batch / _median([r["rate"]["none"] for r in rows]) if "none" in modes else math.nan
+    cached_txt = ", ".join(f"{kind} {lo[kind]:.2f} ms (top-{w} rebuild + KL)" for kind, w in widths.items())
     print(
-        f"loss only (fwd+bwd, {args.batch}x{m.num_classes}): none {lo['none']:.2f} ms, cached {lo['cached']:.2f} ms "
-        f"(top-k rebuild + KL), online {lo['online']:.2f} ms (+ the teacher); "
-        f"cached - none = {extra:.2f} ms/step{share}"
+        f"loss only (fwd+bwd, {args.batch}x{m.num_classes}): none {lo['none']:.2f} ms, {cached_txt}, "
+        f"online {lo['online']:.2f} ms (+ the teacher)"
     )
+    for kind in widths:
+        extra = lo[kind] - lo["none"]
+        share = f" = {100 * extra / step_none_ms:.3f}% of a none step" if "none" in modes else ""
+        print(f"          {kind} - none = {extra:.2f} ms/step{share}")
     print(f"total   : {time.perf_counter() - t_start:.0f} s")
     return 0
 
