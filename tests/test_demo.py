@@ -68,8 +68,17 @@ def test_demo_quick_end_to_end(tmp_path):
     args = ["demo", "--quick", "--out", str(out), "--workers", "0", "--no-progress"]
     r = run_cli(*args)
     table = r.stdout
-    for needle in ("teacher resnet10t", "build cache", "--kd none", "--kd cached", "--kd online", "TensorBoard",
-                   "teacher resnet14t", "add resnet14t to the cache (a layer)", "--teacher resnet10t,resnet14t"):
+    for needle in (
+        "teacher resnet10t",
+        "build cache",
+        "--kd none",
+        "--kd cached",
+        "--kd online",
+        "TensorBoard",
+        "teacher resnet14t",
+        "add resnet14t to the cache (a layer)",
+        "--teacher resnet10t,resnet14t",
+    ):
         assert needle in table, table
     s = json.loads((out / "summary.json").read_text())
     assert s["config"]["quick"] and s["data"]["num_val"] == 300

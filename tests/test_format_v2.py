@@ -154,7 +154,7 @@ def test_the_guard_keeps_the_mass_of_the_unstored_classes():
     row = np.log([0.9, 0.02, 0.01] + [0.01 * np.exp(-0.49)] * M).astype(np.float32)[None]
     true_left = 1 - np.exp(row.astype(np.float64)).sum()
     assert 0.01 < true_left < 0.02
-    middles = np.exp((a - TAIL_STEP * 0.5)) * M + 0.93
+    middles = np.exp(a - TAIL_STEP * 0.5) * M + 0.93
     assert middles > 1  # the plain rule would leave the unstored classes nothing
     for x in (row, torch.from_numpy(row)):
         q = np.asarray(quantize_tail(x, K), np.float64)
