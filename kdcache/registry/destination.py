@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdcache.registry.key import cache_key
+from kdcache.errors import UsageError
+from kdcache.registry.key import cache_key, teacher_model
 from kdcache.teacher_cache.storage import Storage
 from kdcache.teacher_cache.store import Manifest, read_manifest
 from kdcache.teacher_cache.store.layers import layer_id, layer_storage
@@ -46,6 +47,7 @@ def plan_destination(root: Storage, manifest: Manifest, epochs: int) -> tuple[De
     if base is None:  # a new layer on the cache's views
         adopted = manifest.replace(unit_size=first.unit_size, recipe=first.recipe)
         return Destination(root, key, cache.where(), "layer", (), lid), adopted
+    _check_labels(base, manifest, key, lid)
     adopted = manifest.replace(
         unit_size=base.unit_size,
         recipe=base.recipe,
@@ -59,3 +61,23 @@ def plan_destination(root: Storage, manifest: Manifest, epochs: int) -> tuple[De
     else:
         state = "resumed"
     return Destination(root, key, cache.where(), state, done, lid), adopted
+
+
+def _check_labels(stored: Manifest, asked: Manifest, key: str, layer: str | None) -> None:
+    """One teacher keeps one label scheme per set of views: a build asking for another k or format must
+    not be handed the stored one as if it were what was asked for."""
+    fields = ("topk", "tail_classes", "format_version")
+    if all(getattr(stored, f) == getattr(asked, f) for f in fields):
+        return
+    teacher = teacher_model(stored.teacher)
+
+    def flags(m: Manifest) -> str:
+        return f"--topk {m.topk}" + (f" --format-version 2 --tail-classes {m.tail_classes}" if m.tail_classes else "")
+
+    rm = f"kdcache rm {key} --teacher {teacher}" if layer else f"kdcache rm {key} --format {stored.backend}"
+    raise UsageError(
+        f"the registry holds teacher {teacher}'s soft labels on these views (key {key}) as {stored.label_scheme} "
+        f"(format {stored.format_version}); this build asks for {asked.label_scheme} (format "
+        f"{asked.format_version}). Build with `{flags(stored)}` to use them, delete them first "
+        f"(`{rm}`), or pass --out DIR for a separate cache"
+    )
