@@ -141,6 +141,7 @@ def prepare_build(cfg: BuildConfig) -> PreparedBuild:
     source = open_source(cfg.data)
     model, tinfo = create_teacher(cfg.teacher, cfg.teacher_weights)
     cmap = class_map(source.classes, model)
+    _check_label_width(cfg, tinfo.num_classes)
     engine = ViewEngine(source, recipe.augment, cfg.seed)
     num_slots = num_slots_for(len(source))
     manifest = make_manifest(
@@ -165,6 +166,26 @@ def prepare_build(cfg: BuildConfig) -> PreparedBuild:
         record_width=engine.record_width,
     )
     return PreparedBuild(engine, model, tinfo, manifest)
+
+
+def _check_label_width(cfg: BuildConfig, num_classes: int) -> None:
+    """--topk and --tail-classes against the teacher's classes, named as the user typed them."""
+    if cfg.topk > num_classes:
+        raise UsageError(
+            f"--topk {cfg.topk} exceeds the teacher's {num_classes} classes; --topk {num_classes} stores every class"
+        )
+    tail = cfg.tail()
+    if tail and cfg.topk == num_classes:
+        raise UsageError(
+            f"--topk {cfg.topk} already stores all {num_classes} classes exactly: format 2's tail has nothing "
+            "to add; drop --format-version 2"
+        )
+    if tail and cfg.topk + tail > num_classes:
+        given = "--tail-classes" if cfg.tail_classes is not None else f"the default --tail-classes {tail}"
+        raise UsageError(
+            f"--topk {cfg.topk} + {given} exceed the teacher's {num_classes} classes; pass --tail-classes "
+            f"{num_classes - cfg.topk} or fewer"
+        )
 
 
 def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | None:
