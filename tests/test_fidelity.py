@@ -37,7 +37,7 @@ def _np_fidelity(logits: np.ndarray, k: int, tail: int = 0) -> tuple[np.ndarray,
 
         code = np.clip(np.floor((anchor - exact[:, k:]) / 0.5), 0, 15)
         left = 1 - np.exp(stored).sum(1) - np.exp(values(code)).sum(1)
-        guarded = left < 0.5 * (1 - np.exp(exact).sum(1))
+        guarded = left < 0.5 * (1 - np.exp(exact).sum(1)) - 1e-9
         down = np.clip(np.ceil((anchor - exact[:, k:]) / 0.5 - 0.5), 0, 15)
         stored = np.concatenate([stored, values(np.where(guarded[:, None], down, code))], 1)
     pk = np.exp(stored)

@@ -7,6 +7,7 @@ The stores' own round trips are in test_store_conformance.py ("format version 2"
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -25,11 +26,10 @@ from kdcache.teacher_cache.store import (
     num_units,
     open_cache,
 )
-from kdcache.teacher_cache.store.labels import (
+from kdcache.teacher_cache.store.labels import decode_labels, encode_labels
+from kdcache.teacher_cache.store.tail import (
     TAIL_LEVELS,
     TAIL_STEP,
-    decode_labels,
-    encode_labels,
     quantize_tail,
     tail_bounds,
     tail_codes_of,
@@ -85,7 +85,7 @@ def around_512_rows(n: int = 2000, seed: int = 1) -> np.ndarray:
 def ref_codes(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(codes, guarded rows) of exact rows by docs/cache-format.md's rule, in float64, independently of
     labels.py: each value's bin; a row whose bin middles leave the unstored classes under half of their true
-    mass takes ceil((a - l) / 0.5 - 0.5) instead."""
+    mass (by more than 1e-9) takes ceil((a - l) / 0.5 - 0.5) instead."""
     a = np.maximum(rows[:, k - 1], FP16_MIN).astype(np.float16).astype(np.float64)[:, None]
     x = (a - rows[:, k:].astype(np.float64)) / TAIL_STEP
     floor = np.clip(np.floor(x), 0, TAIL_LEVELS - 1)
@@ -96,7 +96,7 @@ def ref_codes(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     head = np.exp(np.maximum(rows[:, :k], FP16_MIN).astype(np.float16).astype(np.float64)).sum(1)
     true_left = 1 - np.exp(rows.astype(np.float64)).sum(1)
-    guarded = 1 - (head + np.exp(value(floor)).sum(1)) < 0.5 * true_left
+    guarded = 1 - (head + np.exp(value(floor)).sum(1)) < 0.5 * true_left - 1e-9
     return np.where(guarded[:, None], down, floor).astype(np.uint8), guarded
 
 
@@ -455,29 +455,33 @@ def test_a_format_2_build_stores_top_k_plus_tail_and_measures_the_decoded_rows(s
 def test_verify_passes_on_a_format_2_cache_and_catches_a_wrong_tail_code(setup, v2_cache, tmp_path):
     out = run_cli("verify", str(v2_cache), "--views", "20").stdout
     assert out.endswith("OK\n"), out
-    # One view's first tail value moved up one code (on the grid, still sorted): outside its bin of the teacher's.
+    # Every view's first tail value moved up one code where it can be (on the grid, still sorted): a code one off
+    # is 0.5 nats away, so verify must name nearly every such view, with the tail's message.
     r = open_cache(v2_cache)
     m = r.manifest
     block = r.load_epoch(0)
     anchor = block.topk_logprob[:, 2].astype(np.float32)
     codes = np.rint((anchor - block.topk_logprob[:, 3].astype(np.float32)) / TAIL_STEP - 0.5)
-    slot = int(np.argmax(codes))
-    assert codes[slot] >= 1
+    moved = set(np.flatnonzero(codes >= 1).tolist())
+    assert len(moved) >= 10
     bad = tmp_path / "bad"
     w = create_or_open_writer(bad, m.replace(epochs_complete=()))
     for u in range(num_units(m)):
         data = r.read_unit(0, u)
-        row = slot - u * m.unit_size
-        if 0 <= row < data.num_views:
-            lp = data.topk_logprob.copy()
-            lp[row, 3] = tail_values(lp[row, 2:3], np.array([[codes[slot] - 1]], np.uint8))[0, 0]
-            data = UnitData(**{**data.arrays(), "topk_logprob": lp})
-        w.write_unit(0, u, data)
+        lp = data.topk_logprob.copy()
+        for row in range(data.num_views):
+            if u * m.unit_size + row in moved:
+                c = codes[u * m.unit_size + row] - 1
+                lp[row, 3] = tail_values(lp[row, 2:3], np.array([[c]], np.uint8))[0, 0]
+        w.write_unit(0, u, UnitData(**{**data.arrays(), "topk_logprob": lp}))
     w.finalize()
-    proc = run_cli("verify", str(bad), "--views", "20", check=False)
+    proc = run_cli("verify", str(bad), "--views", str(m.num_slots), check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert f"epoch 0 slot {slot}" in proc.stderr and "probabilities differ" in proc.stderr
-    assert "FAILED: 1 mismatch" in proc.stderr
+    pattern = r"MISMATCH epoch 0 slot (\d+) .*outside the bin of its stored 4-bit code"
+    named = {int(x) for x in re.findall(pattern, proc.stderr)}
+    total = int(re.search(r"FAILED: (\d+) mismatch", proc.stderr).group(1))
+    assert named <= moved and len(named) == min(total, 20), proc.stderr  # (the first 20 are listed)
+    assert total >= 0.8 * len(moved), (total, len(moved), proc.stderr)
 
 
 def test_formats_do_not_mix_in_one_cache_but_a_format_2_layer_can_join_a_format_1_cache(setup, v2_cache):

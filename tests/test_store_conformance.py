@@ -510,7 +510,7 @@ def test_format_2_content_hash_is_identical_across_backends_and_sees_the_tail(tm
         digests.add(content_hash(open_cache(place)))
     assert len(digests) == 1
     # one tail value moved to the next code (still on the grid) changes it
-    from kdcache.teacher_cache.store.labels import TAIL_STEP
+    from kdcache.teacher_cache.store.tail import TAIL_STEP
 
     changed = dict(v2_content)
     lp = v2_content[(0, 2)].topk_logprob.copy()
@@ -529,7 +529,7 @@ def test_format_2_stored_fields_are_plain_zarr_arrays_and_tar_members(tmp_path, 
     import zarr
 
     from kdcache.teacher_cache import stream_views
-    from kdcache.teacher_cache.store.labels import tail_values
+    from kdcache.teacher_cache.store.tail import tail_values
 
     block = expected_epoch(v2_content, 0)
     write_v2(tmp_path / "z", "zarr", v2_content)

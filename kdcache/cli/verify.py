@@ -37,7 +37,7 @@ def verify(
     top-k at the precision the manifest records (probabilities within 1e-3 in fp32, 2e-2 under fp16
     autocast, 0.15 under bf16). Exits 1 on any mismatch, naming the view."""
     from kdcache.registry.lookup import resolve_cache_arg
-    from kdcache.teacher_cache.build.verify import verify_cache
+    from kdcache.teacher_cache.build.verify import log_tolerance, verify_cache
     from kdcache.teacher_cache.replay import LIKELY_CAUSE
     from kdcache.teacher_cache.store import open_layers
     from kdcache.teacher_cache.store.layers import teacher_label
@@ -69,6 +69,12 @@ def verify(
             click.echo(
                 f"  teacher {name} re-run on {report.teacher_checked} views, max |p_stored - p_fresh| = "
                 f"{report.max_prob_diff:.2e} (tolerance {report.tolerance:g}, teacher {report.precision})"
+                + (
+                    "; format 2 tail: every fresh log-prob within its code's bin "
+                    f"+- {log_tolerance(report.precision):g} nats"
+                    if 0 >= report.max_tail_excess > float("-inf")
+                    else ""
+                )
             )
     if ok and not mismatches:
         click.echo("OK")

@@ -11,7 +11,7 @@ from kdcache.models.normalize import Normalize
 from kdcache.models.precision import FP32, TeacherForward, parse_precision
 from kdcache.models.teacher import TeacherError, create_teacher
 from kdcache.teacher_cache.replay import Mismatch, open_replay, replay_sample
-from kdcache.teacher_cache.store.labels import tail_bounds
+from kdcache.teacher_cache.store.tail import GUARD_SLACK, guard_margin, tail_bounds
 
 # fp16 log-probs are exact to ~1e-3 relative, so stored probabilities are within ~1e-4 absolute of
 # the teacher's; 1e-3 leaves room for float32 differences between the build's and this run's batch.
@@ -20,6 +20,17 @@ PROB_TOLERANCE = 1e-3
 # run on another device than the build): the tolerance grows with the rounding of the body's activations.
 # benchmarks/teacher_precision.py: fp16 autocast is off fp32 by up to ~1e-2, bf16 by up to ~8e-2 (EfficientNet-Lite0).
 AUTOCAST_TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 1.5e-1}
+
+
+# A tail code is checked in log space: a code one off is 0.5 nats away. fp32 forwards agree to ~1e-5
+# relative; under autocast small probabilities move by a few % (fp16) to tens of % (bf16), so there a
+# wrong code is caught only when it is off by more than the tolerance allows.
+LOG_TOLERANCE = {None: 0.02, torch.float16: 0.1, torch.bfloat16: 0.4}
+
+
+def log_tolerance(precision: str) -> float:
+    """How many nats verify lets a fresh tail log-prob lie outside its code's bin."""
+    return LOG_TOLERANCE[parse_precision(precision)[0]]
 
 
 def tolerance(precision: str) -> float:
@@ -39,6 +50,7 @@ class VerifyReport:
     digest_ok: int = 0
     teacher_checked: int = 0
     max_prob_diff: float = 0.0
+    max_tail_excess: float = float("-inf")  # format 2: nats beyond the log tolerance (<= 0 when all fit)
     precision: str = FP32
     tolerance: float = PROB_TOLERANCE
     mismatches: list[Mismatch] = field(default_factory=list)
@@ -98,36 +110,54 @@ def _teacher(m, weights: str | None, device: str, precision: str):
 
 
 def _check_teacher(runner, rendered, block, engine, report: VerifyReport, topk: int) -> None:
-    """Exact top-k: within the tolerance of a fresh forward. Format 2's tail: the fresh probability lies in
-    its code's bin, widened by the tolerance; no class outside the stored ones beats the last bin's top."""
+    """Exact top-k: within the tolerance of a fresh forward. Format 2's tail (:func:`_tail_excess`): each
+    fresh log-prob lies in its code's bin. No class outside the stored ones may beat the last stored one."""
     images = np.concatenate([r.images for r in rendered])
     slots = [s for r in rendered for s in r.slots]
     fresh = runner(images)
+    tol, log_tol = report.tolerance, log_tolerance(report.precision)
     for row, slot in enumerate(slots):
         lp = block.topk_logprob[slot]
         stored_p = np.exp(lp[:topk].astype(np.float64))
         cls = block.topk_class[slot].astype(np.int64)
-        p = fresh[row, cls]
+        p = fresh[row, cls].astype(np.float64)
         diff = float(np.max(np.abs(p[:topk] - stored_p)))
-        floor = stored_p.min()
+        ceiling, tail = stored_p.min(), None
         if lp.shape[0] > topk:
-            low, high = (np.exp(b.astype(np.float64)) for b in tail_bounds(lp, topk))
-            diff = max(diff, float(np.max(np.maximum(low - p[topk:], p[topk:] - high))))
-            floor = high[-1]  # the last stored class is at most this likely, so no other class may be more
+            tail, high = _tail_excess(lp, p, topk, tol, log_tol)
+            ceiling = np.exp(high)  # the last stored class is at most this likely, so no other class may be more
+            report.max_tail_excess = max(report.max_tail_excess, tail[0])
         others = np.delete(fresh[row], cls)
-        # A class outside the stored ones must not beat the smallest stored one (beyond tolerance).
-        intruder = float(others.max() - floor) if others.size else -1.0
+        intruder = float(others.max() - ceiling) if others.size else -1.0
         report.teacher_checked += 1
         report.max_prob_diff = max(report.max_prob_diff, diff)
-        tol = report.tolerance
-        if diff > tol or intruder > tol:
-            sid = int(block.sample_id[slot])
+        what = None
+        if diff > tol:
             what = (
-                (
-                    f"top-k probabilities differ from a fresh teacher forward by {diff:.2e} "
-                    f"(tolerance {tol:g}, teacher {report.precision})"
-                )
-                if diff > tol
-                else (f"a class outside the stored top-k has probability {intruder:.2e} above the stored minimum")
+                f"top-k probabilities differ from a fresh teacher forward by {diff:.2e} "
+                f"(tolerance {tol:g}, teacher {report.precision})"
             )
+        elif tail is not None and tail[0] > 0:
+            what = (
+                f"tail class {cls[tail[1]]} (stored rank {tail[1] + 1}): its fresh log-prob lies "
+                f"{tail[0] + log_tol:.2f} nats outside the bin of its stored 4-bit code (tolerance {log_tol:g} nats, "
+                f"teacher {report.precision})"
+            )
+        elif intruder > tol:
+            what = f"a class outside the stored ones has probability {intruder:.2e} above the last stored one"
+        if what is not None:
+            sid = int(block.sample_id[slot])
             report.mismatches.append(Mismatch(block.epoch, slot, sid, engine.source.name(sid), what))
+
+
+def _tail_excess(lp: np.ndarray, p: np.ndarray, topk: int, tol: float, log_tol: float):
+    """((nats by which the worst tail class lies outside its bin beyond ``log_tol``, that class's column),
+    the top of the last tail bin). Which code rule the build used (tail.quantize_tail) follows from the
+    fresh probabilities; where they leave it within the tolerance, either rule's bin is accepted."""
+    fresh_lp = np.log(np.maximum(p, np.finfo(np.float64).tiny))
+    margin = float(guard_margin(lp[None, :topk], fresh_lp[None])[0]) + GUARD_SLACK
+    rule = -1 if abs(margin) <= tol else int(margin < 0)
+    low, high = tail_bounds(lp[None], topk, np.array([rule]))
+    out = np.maximum(low[0] - fresh_lp[topk:], fresh_lp[topk:] - high[0]) - log_tol
+    worst = int(np.argmax(out))
+    return (float(out[worst]), topk + worst), float(high[0, -1] + log_tol)

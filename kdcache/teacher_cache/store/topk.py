@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from kdcache.teacher_cache.store.fields import MAX_INT16_CLASSES
-from kdcache.teacher_cache.store.labels import quantize_tail
+from kdcache.teacher_cache.store.tail import quantize_tail
 
 
 def topk_to_probs(logprobs: Any, classes: Any, num_classes: int, temperature: float = 1.0) -> Any:
