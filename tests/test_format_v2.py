@@ -517,3 +517,67 @@ def test_formats_do_not_mix_in_one_cache_but_a_format_2_layer_can_join_a_format_
     # verify checks each layer with its own teacher, the format 2 one within its tail's bins
     out = run_cli("verify", str(v1), "--views", "20").stdout
     assert out.count("teacher test_resnet") == 2 and out.endswith("OK\n"), out
+
+
+def test_show_lists_the_tail_apart_from_the_exact_top_k(v2_cache):
+    r = open_cache(v2_cache)
+    block = r.load_epoch(0)
+    views = [
+        json.loads(line) for line in run_cli("show", str(v2_cache), "--slots", "0:4", "--json").stdout.splitlines()
+    ]
+    for v in views:
+        s = v["slot"]
+        assert [t["class"] for t in v["topk"]] == block.topk_class[s, :3].tolist()
+        assert [t["class"] for t in v["tail"]] == block.topk_class[s, 3:].tolist()
+        stored = np.exp(block.topk_logprob[s].astype(np.float64))
+        np.testing.assert_allclose([t["prob"] for t in v["topk"] + v["tail"]], stored, atol=1e-6)
+        assert v["other_mass"] == pytest.approx(max(0.0, 1 - stored.sum()), abs=1e-6)
+    text = run_cli("show", str(v2_cache), "--slots", "0:1").stdout
+    assert "; tail (4-bit) " in text and text.count("~") == 5
+
+
+def test_the_registry_does_not_hand_a_format_1_cache_to_a_format_2_build(setup, tmp_path):
+    _, data, t1, _ = setup
+    root = tmp_path / "reg"
+    run_cli(*tiny_build(data, t1, None, "--cache-root", str(root)))
+    for extra in (V2_ARGS, ("--topk", "4")):
+        r = run_cli(*tiny_build(data, t1, None, "--cache-root", str(root), *extra), check=False)
+        assert r.returncode != 0 and "reused" not in r.stdout, r.stdout + r.stderr
+        assert "as top-3 (format 1)" in r.stderr and "--out DIR" in r.stderr and "Traceback" not in r.stderr
+    (entry,) = [e for e in (root).iterdir() if e.is_dir()]
+    assert open_cache(entry / "zarr").manifest.format_version == 1  # what was stored is untouched
+    run_cli(*tiny_build(data, t1, None, "--cache-root", str(root)))  # the same command still reuses it
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ("--topk", "18", "--format-version", "2"),
+            "--topk 18 + the default --tail-classes 10 exceed the teacher's 20",
+        ),
+        (("--format-version", "2", "--topk", "20"), "already stores all 20 classes"),
+        (("--topk", "21"), "--topk 21 exceeds the teacher's 20 classes"),
+    ],
+)
+def test_label_widths_beyond_the_teachers_classes_are_refused_naming_the_options(setup, tmp_path, extra, message):
+    _, data, t1, _ = setup
+    r = run_cli(*tiny_build(data, t1, tmp_path / "c", *extra), check=False)
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "c").exists()  # refused before anything is written
+
+
+def test_a_layer_of_a_newer_format_is_skipped_not_fatal(setup, v2_cache, tmp_path, caplog):
+    from kdcache.teacher_cache.store import open_layers
+
+    c = tmp_path / "c"
+    shutil.copytree(v2_cache, c)
+    layer = c / "layers" / "future-0000"
+    layer.mkdir(parents=True)
+    doc = json.loads((c / "manifest.json").read_text())
+    (layer / "manifest.json").write_text(json.dumps({**doc, "format_version": 99}))
+    (layer / "build.json").write_text(json.dumps({**doc, "format_version": 99}))
+    with caplog.at_level("WARNING", logger="kdcache"):
+        layers = open_layers(c)
+    assert [lid for lid, _ in layers] == [None] and "future-0000 skipped" in caplog.text
+    assert "newer than this kdcache" in caplog.text

@@ -168,7 +168,8 @@ def draw_views(
         tile.paste(img, (0, 0))
         d = ImageDraw.Draw(tile)
         lines = [f"{t['name'][:24]} {t['prob']:.3f}" for t in view["topk"][:3]]
-        lines.append(f"outside top-{len(view['topk'])}: {view['other_mass']:.3f}")
+        stored = f"top-{len(view['topk'])}" + (f"+{len(view['tail'])}" if view.get("tail") else "")
+        lines.append(f"outside {stored}: {view['other_mass']:.3f}")
         for i, line in enumerate(lines):
             d.text((2, w + 2 + i * LINE_HEIGHT), line, fill="black")
         tiles.append(np.asarray(tile))
@@ -185,6 +186,10 @@ def describe_view(m: Any, epoch: int, slot: int, rows: Any, i: int, names: Any) 
     except ParamDecodeError as e:
         params = {"error": str(e), "raw": rows.params[i].tolist()}
     probs = np.exp(rows.topk_logprob[i].astype(np.float64))
+    entries = [
+        {"class": int(c), "name": m.class_names[int(c)], "prob": round(float(p), 6)}
+        for c, p in zip(rows.topk_class[i], probs, strict=True)
+    ]
     return {
         "epoch": epoch,
         "slot": slot,
@@ -194,10 +199,9 @@ def describe_view(m: Any, epoch: int, slot: int, rows: Any, i: int, names: Any) 
         "repeat": int(rows.repeat[i]),
         "params": params,
         "digest": f"{int(rows.digest[i]):016x}",
-        "topk": [
-            {"class": int(c), "name": m.class_names[int(c)], "prob": round(float(p), 6)}
-            for c, p in zip(rows.topk_class[i], probs, strict=True)
-        ],
+        "topk": entries[: m.topk],
+        # format 2: the next classes, their probabilities decoded from 4-bit codes (docs/cache-format.md)
+        **({"tail": entries[m.topk :]} if m.tail_classes else {}),
         "other_mass": round(max(0.0, 1.0 - float(probs.sum())), 6),
     }
 
@@ -242,5 +246,7 @@ def _text(v: dict[str, Any]) -> str:
             f"  mix      {mix['mode']} lam {mix['lam']:.4f}" + (f" box {mix['box']}" if any(mix["box"]) else "")
         )
     top = ", ".join(f"{t['name']} ({t['class']}) {t['prob']:.4f}" for t in v["topk"])
+    if v.get("tail"):
+        top += "; tail (4-bit) " + ", ".join(f"{t['name']} ({t['class']}) ~{t['prob']:.4f}" for t in v["tail"])
     lines.append(f"  teacher  {top}; other classes {v['other_mass']:.4f}")
     return "\n".join(lines)

@@ -7,6 +7,7 @@ when it was created and last used, and the command that built it.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -114,7 +115,7 @@ def touch(root: Storage, key: str) -> None:
 def list_entries(root: Storage, *, sizes: bool = True, keys: list[str] | None = None) -> list[Entry]:
     """Every cache under ``root`` (finished or not), most recently used first."""
     from kdcache.teacher_cache.store import open_cache, open_layers
-    from kdcache.teacher_cache.store.errors import NotACacheError
+    from kdcache.teacher_cache.store.errors import NotACacheError, UnsupportedFormatError
 
     out = []
     for key in keys if keys is not None else sorted(k for k in root.listdir() if _KEY_RE.match(k)):
@@ -124,6 +125,9 @@ def list_entries(root: Storage, *, sizes: bool = True, keys: list[str] | None = 
             try:
                 reader = open_cache(storage, allow_unfinished=True)
             except NotACacheError:
+                continue
+            except UnsupportedFormatError as e:  # written by a newer kdcache: list the rest
+                logging.getLogger("kdcache").warning("%s skipped: %s", storage.where(), e)
                 continue
             m = reader.manifest
             # A finished cache's manifest says which epochs are whole; counting committed units

@@ -7,6 +7,7 @@ The backend table below is the only place that knows every backend; the backends
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from kdcache.teacher_cache.store.topk import logits_to_topk, topk_to_probs
 from kdcache.teacher_cache.store.units import num_units, unit_slots
 from kdcache.teacher_cache.store.wds import WdsReader, WdsWriter, wds_pipeline
 from kdcache.teacher_cache.store.zarr import ZarrReader, ZarrWriter
+
+_log = logging.getLogger("kdcache")
 
 __all__ = [
     "BACKENDS",
@@ -129,6 +132,8 @@ def open_layers(path: str | Path | Storage, *, allow_unfinished: bool = False) -
             out.append((lid, open_cache(layer_storage(first.storage, lid), allow_unfinished=True)))
         except NotACacheError:
             continue
+        except UnsupportedFormatError as e:  # a newer kdcache's layer: the other teachers stay readable
+            _log.warning("layer %s skipped: %s", lid, e)
     return out
 
 
