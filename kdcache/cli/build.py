@@ -50,7 +50,8 @@ from kdcache.cli.common import fail_cleanly
     default=10,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Classes per view stored with their exact (fp16) probability; the rest of the mass is spread evenly.",
+    help="Classes per view stored with their exact (fp16) probability; the rest of the mass (after format "
+    "2's tail) is spread evenly over the other classes.",
 )
 @click.option(
     "--format-version",
@@ -100,13 +101,15 @@ from kdcache.cli.common import fail_cleanly
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
 @fail_cleanly
 def build(**options) -> None:
-    """Run the teacher once on every view of EPOCHS epochs and write top-k soft labels.
+    """Run the teacher once on every view of EPOCHS epochs and write top-k soft labels (format 2: plus a
+    tail of further classes at 4 bits each).
 
     Without --out the cache goes to the registry (see `kdcache ls`) under a key made from what
     determines its content: the same command again reuses it at once, a larger --epochs extends it.
 
     Rerunning the same command resumes (completed units are skipped); a larger --epochs appends
-    epochs; any other difference from the existing cache is refused with the list of differences.
+    epochs; any other difference from the existing cache is refused with the list of differences (in
+    the registry: another --topk or --format-version than the teacher's stored labels, with the ways on).
     Under `torchrun --nproc-per-node N -m kdcache build ...` rank r of N takes work units r::N.
     """
     from kdcache.teacher_cache.build.config import BuildConfig

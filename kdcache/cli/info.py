@@ -98,6 +98,7 @@ def layer_summary(lid: str | None, reader: Any, digest: bool = True) -> dict[str
         "weights_sha256": t.get("weights_sha256"),
         "precision": t.get("precision"),
         "topk": reader.manifest.topk,
+        "format_version": reader.manifest.format_version,
         "tail_classes": reader.manifest.tail_classes,
         "finished": reader.finished,
         "epochs_complete": reader.epochs_complete,

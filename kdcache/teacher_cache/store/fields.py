@@ -37,8 +37,8 @@ class UnitData:
     repeat: np.ndarray  # uint8 (V,)
     params: np.ndarray  # uint16 (V, record_width)
     digest: np.ndarray  # uint64 (V,)
-    topk_logprob: np.ndarray  # float16 (V, k), sorted descending per row
-    topk_class: np.ndarray  # int16 or int32 (V, k)
+    topk_logprob: np.ndarray  # float16 (V, k), sorted descending per row (k + tail in format 2, decoded)
+    topk_class: np.ndarray  # int16 or int32 (V, k) (k + tail)
 
     def __post_init__(self) -> None:
         arrays = self.arrays()

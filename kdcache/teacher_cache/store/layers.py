@@ -20,7 +20,6 @@ from kdcache.teacher_cache.store.manifest import RESUMABLE_FIELDS, Manifest
 
 LAYERS_DIR = "layers"
 VIEW_FIELDS = ("sample_id", "repeat", "params", "digest")  # the same in every layer
-LABEL_FIELDS = ("topk_logprob", "topk_class")  # each layer's own
 # Manifest fields in which a layer may differ from the cache's first layer: its teacher and labels, and the
 # bookkeeping of the process that wrote it. Everything else describes the views and must be equal.
 LAYER_FIELDS = frozenset({"teacher", "topk", "tail_classes", "format_version", "kdcache_version", "library_versions"})
