@@ -142,8 +142,8 @@ def test_build_records_fidelity_and_resume_merges(tmp_path):
     info = cache_info(out)
     assert info["fidelity"]["views"] == 24
     assert info["fidelity"]["kl"]["mean"] == pytest.approx(doc["kl"]["mean"])
-    assert "mass outside top-k mean" in r.stderr
-    assert "fidelity     mass outside top-k" in run_cli("info", str(out), "--no-hash").stdout
+    assert "mass outside the stored classes mean" in r.stderr
+    assert "fidelity     mass outside the stored classes" in run_cli("info", str(out), "--no-hash").stdout
 
 
 def test_content_hash_ignores_fidelity(tmp_path):

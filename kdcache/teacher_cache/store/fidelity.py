@@ -183,7 +183,7 @@ def read_summary(storage: Storage) -> dict[str, Any] | None:
 
 
 def format_summary(s: dict[str, Any] | None, views: int | None = None) -> str:
-    """One line for humans: 'mass outside top-k mean 0.44 (p50 .., p90 .., p99 ..); KL ... over n views'."""
+    """One line for humans: 'mass outside the stored classes mean 0.44 (p50 .., p90 .., p99 ..); KL ...'."""
     if not s or not s.get("views"):
         return "not recorded (cache built before kdcache measured it, or no views yet)"
 
@@ -191,7 +191,10 @@ def format_summary(s: dict[str, Any] | None, views: int | None = None) -> str:
         return f"mean {d['mean']:.3f} (p50 {d['p50']:.3f}, p90 {d['p90']:.3f}, p99 {d['p99']:.3f})"
 
     of = f" of {views:,}" if views is not None and views != s["views"] else ""
-    return f"mass outside top-k {row(s['outside'])}; KL(teacher||target) {row(s['kl'])} nats; {s['views']:,}{of} views"
+    return (
+        f"mass outside the stored classes {row(s['outside'])}; KL(teacher||target) {row(s['kl'])} nats; "
+        f"{s['views']:,}{of} views"
+    )
 
 
 def topk_fidelity(logits: Any, topk_logprob: Any, topk_class: Any) -> tuple[Any, Any]:
