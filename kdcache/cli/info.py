@@ -100,6 +100,7 @@ def layer_summary(lid: str | None, reader: Any, digest: bool = True) -> dict[str
         "topk": reader.manifest.topk,
         "format_version": reader.manifest.format_version,
         "tail_classes": reader.manifest.tail_classes,
+        "labels": reader.manifest.label_scheme,
         "finished": reader.finished,
         "epochs_complete": reader.epochs_complete,
         "content_hash": content_hash(reader) if digest else None,
@@ -146,7 +147,7 @@ def _text(cache: Path, s: dict[str, Any]) -> str:
             (
                 "layer" if i else "teachers",
                 f"{x['teacher']} ({x['model']}, weights sha256 {str(x['weights_sha256'])[:12]}..., "
-                f"{x['precision'] or 'precision not recorded'}, top-{x['topk']}{_tail(x)}) {x['path']}: epochs "
+                f"{x['precision'] or 'precision not recorded'}, {x['labels']}) {x['path']}: epochs "
                 f"{epoch_ranges(x['epochs_complete'])}{'' if x['finished'] else ' (unfinished)'}, content "
                 f"{(x['content_hash'] or 'hash skipped')[:16]}",
             )
@@ -158,10 +159,6 @@ def _text(cache: Path, s: dict[str, Any]) -> str:
         ("libraries", ", ".join(f"{k} {v}" for k, v in s["library_versions"].items()) or "not recorded"),
     ]
     return "\n".join(f"{k:<12} {v}" for k, v in rows)
-
-
-def _tail(s: dict) -> str:
-    return f" + {s['tail_classes']} tail" if s.get("tail_classes") else ""
 
 
 def _labels_line(s: dict) -> str:

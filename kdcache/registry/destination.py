@@ -71,13 +71,10 @@ def _check_labels(stored: Manifest, asked: Manifest, key: str, layer: str | None
         return
     teacher = teacher_model(stored.teacher)
 
-    def flags(m: Manifest) -> str:
-        return f"--topk {m.topk}" + (f" --format-version 2 --tail-classes {m.tail_classes}" if m.tail_classes else "")
-
     rm = f"kdcache rm {key} --teacher {teacher}" if layer else f"kdcache rm {key} --format {stored.backend}"
     raise UsageError(
         f"the registry holds teacher {teacher}'s soft labels on these views (key {key}) as {stored.label_scheme} "
         f"(format {stored.format_version}); this build asks for {asked.label_scheme} (format "
-        f"{asked.format_version}). Build with `{flags(stored)}` to use them, delete them first "
+        f"{asked.format_version}). Build with `{' '.join(stored.label_flags())}` to use them, delete them first "
         f"(`{rm}`), or pass --out DIR for a separate cache"
     )

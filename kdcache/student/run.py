@@ -36,9 +36,7 @@ def compose_build_command(m, cache: str, epochs: int) -> str:
     if weights and Path(str(weights)).is_file():  # timm's own pretrained weights need no option
         parts += ["--teacher-weights", str(weights)]
     parts += ["--format", m.backend, "--recipe", str(m.recipe.get("name") or "seed"), "--seed", str(m.seed)]
-    parts += ["--topk", str(m.topk), "--image-size", str(m.image_size), "--repeats", str(m.repeats)]
-    if m.tail_classes:
-        parts += ["--format-version", str(m.format_version), "--tail-classes", str(m.tail_classes)]
+    parts += [*m.label_flags(), "--image-size", str(m.image_size), "--repeats", str(m.repeats)]
     parts += ["--out", cache, "--epochs", str(epochs)]
     return shlex.join(parts)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from kdcache import __version__
 from kdcache.teacher_cache.store.fields import UnitData, class_dtype
-from kdcache.teacher_cache.store.manifest import Manifest, utc_now_iso
+from kdcache.teacher_cache.store.manifest import Manifest, format_version_for, utc_now_iso
 from kdcache.teacher_cache.store.tail import quantize_tail
 from kdcache.teacher_cache.store.units import unit_slots
 from kdcache.views import params as P
@@ -34,7 +34,7 @@ def synthetic_manifest(
 ) -> Manifest:
     """A version 1 manifest, or version 2 with ``tail_classes`` > 0."""
     return Manifest(
-        format_version=2 if tail_classes else 1,
+        format_version=format_version_for(tail_classes),
         tail_classes=tail_classes,
         kdcache_version=__version__,
         backend=backend,

@@ -34,6 +34,7 @@ from kdcache.teacher_cache.store.manifest import (
     FORMAT_VERSION,
     Manifest,
     current_library_versions,
+    format_version_for,
     read_manifest,
     utc_now_iso,
 )
@@ -228,7 +229,7 @@ def make_manifest(
     and version, creation time and library versions are filled in from this process."""
     augment = recipe.get("augment", {})
     return Manifest(
-        format_version=2 if tail_classes else 1,
+        format_version=format_version_for(tail_classes),
         tail_classes=tail_classes,
         kdcache_version=__version__,
         backend=backend,

@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 2  # the newest version this code reads and writes; bump on any change a reader of the
 # previous version would misread. 1: top-k labels. 2: top-k plus a 4-bit tail (store/labels.py).
 DEFAULT_FORMAT_VERSION = 1  # what a build writes unless told otherwise (docs/cache-format.md says why)
+
+
+def format_version_for(tail_classes: int) -> int:
+    """The format a cache with this tail is: 2 with a tail, else 1."""
+    return 2 if tail_classes else 1
+
+
 BACKENDS = ("zarr", "wds")
 TEACHER_KEYS = ("name", "weights_sha256", "mean", "std", "input_size", "interpolation", "num_classes")
 # teacher.precision (kdcache.models.precision.precision_name); absent in caches older than it: unknown.
@@ -86,6 +93,11 @@ class Manifest:
     def label_scheme(self) -> str:
         """'top-10', or 'top-10 + 10 tail' in format 2: how the soft labels are stored, for people."""
         return f"top-{self.topk}" + (f" + {self.tail_classes} tail" if self.tail_classes else "")
+
+    def label_flags(self) -> list[str]:
+        """The ``kdcache build`` options that store labels this way."""
+        tail = ["--format-version", str(self.format_version), "--tail-classes", str(self.tail_classes)]
+        return ["--topk", str(self.topk), *(tail if self.tail_classes else [])]
 
     # ---- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

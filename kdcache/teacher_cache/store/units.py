@@ -37,7 +37,7 @@ def check_unit_data(manifest: Manifest, unit: int, data: UnitData) -> None:
         if arr.dtype != dtype or arr.shape != (b - a, *row):
             raise ValueError(
                 f"unit {unit}: {name} is {arr.dtype}{list(arr.shape)}, expected {dtype}{[b - a, *row]} "
-                f"(slots {a}..{b - 1}, {_width(manifest)}, record width {manifest.record_width})"
+                f"(slots {a}..{b - 1}, {manifest.label_scheme}, record width {manifest.record_width})"
             )
     n, r, c = manifest.dataset["num_samples"], manifest.repeats, manifest.num_classes
     _in_range(unit, "sample_id", data.sample_id, 0, n)
@@ -55,7 +55,3 @@ def check_unit_data(manifest: Manifest, unit: int, data: UnitData) -> None:
 def _in_range(unit: int, name: str, arr: np.ndarray, lo: int, hi: int) -> None:
     if arr.size and (int(arr.min()) < lo or int(arr.max()) >= hi):
         raise ValueError(f"unit {unit}: {name} values must lie in {lo}..{hi - 1}, got {arr.min()}..{arr.max()}")
-
-
-def _width(m: Manifest) -> str:
-    return f"k={m.topk}" + (f" + a tail of {m.tail_classes}" if m.tail_classes else "")
