@@ -46,7 +46,7 @@ def main() -> None:
     from build_helpers import write_dataset, write_teacher
 
     from kdcache.cli.build import build_and_summarise
-    from kdcache.teacher_cache.build.config import BuildConfig
+    from kdcache.teacher_cache.teacher_pass.config import BuildConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="kdcache-add-teacher-"))
     try:

@@ -4,7 +4,7 @@
   timed), collated into exactly the batches the build forms (``unit_batches`` + ``collate_pairs``),
   then ``TeacherRunner.topk`` (to device, normalise with the teacher's mean/std, forward, log-softmax,
   top-k, back to the host) is timed over those batches: the pure cost of the teacher.
-- **B, build**: ``kdcache.teacher_cache.build.loop.run_units``, the build's render + teacher + write loop
+- **B, build**: ``kdcache.teacher_cache.teacher_pass.loop.run_units``, the build's render + teacher + write loop
   (DataLoader workers render while the main process runs the same ``TeacherRunner``; a writer thread
   commits each unit) is timed over the same views into a fresh cache each round. The set-up is
   ``pipeline.run_build``'s (recipe, source, teacher, class map, view engine, manifest,
@@ -52,12 +52,12 @@ from view_engine import bench_images, machine_info
 from kdcache.data.wds_source import open_source
 from kdcache.distributed import World
 from kdcache.models.teacher import resolve_name
-from kdcache.teacher_cache.build.config import BuildConfig
-from kdcache.teacher_cache.build.loop import BuildItems, run_units
-from kdcache.teacher_cache.build.pipeline import prepare_build
-from kdcache.teacher_cache.build.runner import TeacherRunner
-from kdcache.teacher_cache.build.schedule import Unit, all_units, unit_batches
 from kdcache.teacher_cache.store import class_dtype, create_or_open_writer, open_cache
+from kdcache.teacher_cache.teacher_pass.config import BuildConfig
+from kdcache.teacher_cache.teacher_pass.loop import BuildItems, run_units
+from kdcache.teacher_cache.teacher_pass.pipeline import prepare_build
+from kdcache.teacher_cache.teacher_pass.runner import TeacherRunner
+from kdcache.teacher_cache.teacher_pass.schedule import Unit, all_units, unit_batches
 from kdcache.views import collate_pairs
 
 

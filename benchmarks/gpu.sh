@@ -35,9 +35,9 @@ if ! make venv; then
     .venv/bin/python -m pip install -q --no-index --no-deps --no-build-isolation "${wheels[@]}" -e . || exit 1
 fi
 PY=.venv/bin/python
-if ! "$PY" -c "import kdcache.student.run, kdcache.teacher_cache.build.pipeline, timm.task, zarr" 2>/dev/null; then
+if ! "$PY" -c "import kdcache.student.run, kdcache.teacher_cache.teacher_pass.pipeline, timm.task, zarr" 2>/dev/null; then
     echo "gpu.sh: the venv cannot import kdcache's dependencies:" >&2
-    "$PY" -c "import kdcache.student.run, kdcache.teacher_cache.build.pipeline, timm.task, zarr" >&2
+    "$PY" -c "import kdcache.student.run, kdcache.teacher_cache.teacher_pass.pipeline, timm.task, zarr" >&2
     exit 1
 fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then

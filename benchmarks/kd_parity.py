@@ -50,8 +50,8 @@ from kdcache.data import ImageFolderSource
 from kdcache.recipe import load_recipe
 from kdcache.student.loss import KDLoss
 from kdcache.student.targets import TeacherTarget
-from kdcache.teacher_cache.build.classmap import class_map
 from kdcache.teacher_cache.store.topk import logits_to_topk
+from kdcache.teacher_cache.teacher_pass.classmap import class_map
 from kdcache.views import ViewEngine
 
 SETS = {"train": ("A", 1), "heldA": ("A", 3), "heldB": ("B", 2)}  # name -> (photo set, view seed)

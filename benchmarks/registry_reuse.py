@@ -4,7 +4,7 @@ Times whole ``kdcache build`` processes into a fresh cache root (``--cache-root`
 
 - **first**: builds the cache (render + teacher forward + write);
 - **reuse**: the same command again (``reused ... the teacher did not run``), ``--rounds`` times;
-- **start-up**: ``python -c "import kdcache.teacher_cache.build.pipeline"``, the floor of any build process.
+- **start-up**: ``python -c "import kdcache.teacher_cache.teacher_pass.pipeline"``, the floor of any build process.
 
 A reused build still loads the teacher (its weights sha256 is over the model's state dict) and scans
 the dataset (its fingerprint), because both are part of the key. The report gives every figure's
@@ -70,7 +70,7 @@ def main() -> None:
             s, err = timed(build)
             assert "reused" in err and "teacher did not run" in err, err
             reuse.append(s)
-            startup.append(timed([sys.executable, "-c", "import kdcache.teacher_cache.build.pipeline"])[0])
+            startup.append(timed([sys.executable, "-c", "import kdcache.teacher_cache.teacher_pass.pipeline"])[0])
     r, s = statistics.median(reuse), statistics.median(startup)
     print(f"teacher {args.teacher}, {args.images} images at {args.image_size}px, 1 epoch")
     print(f"first build   {first:8.2f} s")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import tracemalloc
 
-from kdcache.teacher_cache.build.schedule import all_units, assign, unit_batches
+from kdcache.teacher_cache.teacher_pass.schedule import all_units, assign, unit_batches
 from kdcache.views.plan import num_slots_for
 
 

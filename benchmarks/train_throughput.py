@@ -22,7 +22,7 @@ each timed run pulls its batches from a fresh ``CacheBatchSource.epoch_batches``
 workers re-render and digest-check every view), takes ``--warmup`` untimed steps, then times
 ``--steps`` steps.
 
-Before timing, a small one-epoch cache is built with ``kdcache.teacher_cache.build.pipeline.run_build`` over
+Before timing, a small one-epoch cache is built with ``kdcache.teacher_cache.teacher_pass.pipeline.run_build`` over
 synthetic ImageNet-like JPEGs (``view_engine.make_imagefolder``; folders renamed to ImageNet WordNet
 ids so that the 1000-class teacher maps them) with a teacher at random init saved to a temporary .pth
 and passed as ``teacher_weights``, as a user passes ``--teacher-weights`` (no network needed). With mode
@@ -70,18 +70,18 @@ from kdcache.models.online_teacher import OnlineTeacher
 from kdcache.models.precision import amp_dtype
 from kdcache.models.student import create_student
 from kdcache.models.teacher import create_teacher, resolve_name
+from kdcache.student.args import TrainArgs, resolve_recipe
 from kdcache.student.cache_source import CacheBatchSource
 from kdcache.student.ema import set_total_updates
 from kdcache.student.loss import KDLoss, mixed_smooth_target
 from kdcache.student.optim import create_optimizer
-from kdcache.student.run import TrainConfig, resolve_recipe
 from kdcache.student.schedule import create_scheduler
 from kdcache.student.targets import TeacherTarget
 from kdcache.student.trainer import RunOptions, Trainer
-from kdcache.teacher_cache.build.config import DEFAULT_TAIL_CLASSES, BuildConfig
-from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
-from kdcache.teacher_cache.replay import open_replay
 from kdcache.teacher_cache.store import open_cache
+from kdcache.teacher_cache.teacher_pass.config import DEFAULT_TAIL_CLASSES, BuildConfig
+from kdcache.teacher_cache.teacher_pass.pipeline import prepare_build, run_build
+from kdcache.views.replay import open_replay
 
 MODES = ("none", "cached", "cached-v2", "online", "timm")
 DEFAULT_MODES = ("none", "cached", "online", "timm")  # cached-v2 builds a second cache: only when asked for
@@ -473,9 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             if not same or not np.array_equal(b1.topk_logprob, b2.topk_logprob[:, : m.topk]):
                 raise SystemExit("the format 1 and format 2 caches hold different views or top-k: not comparable")
             engine2 = open_replay(m2)
-        targs = TrainConfig(
-            student=args.student, cache=str(tmp / "cache"), out=str(tmp / "runs"), batch_size=args.batch
-        )
+        targs = TrainArgs(student=args.student, cache=str(tmp / "cache"), out=str(tmp / "runs"), batch_size=args.batch)
         recipe = resolve_recipe(targs, m.recipe)
         runners: dict[str, Any] = {}
         for mode in modes:

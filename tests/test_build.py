@@ -186,8 +186,8 @@ def _tampered_copy(src: Path, dst: Path, epoch: int, slot: int, field: str) -> N
 
 @pytest.mark.parametrize("field", ["digest", "topk_logprob"])
 def test_verify_fails_naming_the_altered_view(setup, reference, tmp_path, field):
-    from kdcache.teacher_cache.replay import sample_pairs
     from kdcache.teacher_cache.store import open_cache
+    from kdcache.views.replay import sample_pairs
 
     _, _, weights = setup
     m = open_cache(reference[0]).manifest

@@ -74,7 +74,11 @@ def test_build_options_reach_build_config(tmp_path, monkeypatch):
 def test_train_options_reach_train_config(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr("kdcache.registry.lookup.resolve_train_cache", lambda cfg, hint: (cfg.cache, None))
-    monkeypatch.setattr("kdcache.student.run.run_train", lambda cfg, *_: seen.append(cfg) or (None, []))
+    from kdcache.student.run import TrainOutcome
+
+    monkeypatch.setattr(
+        "kdcache.student.run.run_train", lambda cfg, *_, **__: seen.append(cfg) or TrainOutcome(None, ())
+    )
     args, expected = _invoke("train", [], tmp_path)
     res = CliRunner().invoke(cli, ["train", *args], catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -95,7 +99,7 @@ def test_demo_options_reach_demo_config(tmp_path, monkeypatch):
 
 
 def test_train_checkpoint_every_reaches_the_trainer(tmp_path, monkeypatch):
-    """From TrainConfig on to the Trainer's RunOptions, over a real cache (it was silently dropped there)."""
+    """From TrainArgs on to the Trainer's RunOptions, over a real cache (it was silently dropped there)."""
     from build_helpers import run_cli, three_class_setup, tiny_build, tiny_train
 
     data, weights = three_class_setup(tmp_path, per_class=4)

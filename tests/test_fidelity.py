@@ -103,8 +103,8 @@ def _replayed_logits(cache: Path, weights: Path) -> np.ndarray:
     """The test teacher on every stored view, re-rendered from its stored params (independent of the build)."""
     from kdcache.models.normalize import Normalize
     from kdcache.models.teacher import create_teacher
-    from kdcache.teacher_cache.replay import open_replay
     from kdcache.teacher_cache.store import open_cache
+    from kdcache.views.replay import open_replay
 
     reader = open_cache(str(cache))
     m = reader.manifest

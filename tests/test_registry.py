@@ -37,7 +37,7 @@ class CountingRunUnits:
     """Wraps the build's unit loop to record which (epoch, unit) the teacher was run on."""
 
     def __init__(self, monkeypatch):
-        import kdcache.teacher_cache.build.pipeline as pipeline
+        import kdcache.teacher_cache.teacher_pass.pipeline as pipeline
 
         self.units: list[tuple[int, int]] = []
         real = pipeline.run_units
@@ -151,7 +151,7 @@ def test_ls_lists_every_cache_as_a_table_and_as_json(setup, tmp_path, monkeypatc
 
 
 def test_rm_asks_refuses_while_building_and_removes(setup, tmp_path):
-    from kdcache.teacher_cache.storage.flock import BuildLock
+    from kdcache.storage.flock import BuildLock
 
     data, weights, _ = setup
     home = tmp_path / "home"

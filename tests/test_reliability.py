@@ -35,7 +35,7 @@ def copy_data(env, tmp_path: Path) -> Path:
 
 
 def test_a_second_build_is_refused_naming_the_holder(env, tmp_path):
-    from kdcache.teacher_cache.storage.flock import BuildLock
+    from kdcache.storage.flock import BuildLock
 
     _, data, weights, _, _ = env
     out = tmp_path / "c"
@@ -52,7 +52,7 @@ def test_a_stale_lock_of_a_dead_build_is_taken_over(env, tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from kdcache.teacher_cache.storage.flock import "
+            "import sys, time; from pathlib import Path; from kdcache.storage.flock import "
             "BuildLock; BuildLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(120)",
             str(out),
         ],

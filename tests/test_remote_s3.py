@@ -27,10 +27,10 @@ from build_helpers import (
     tiny_train,
 )
 
+from kdcache.storage import open_storage
+from kdcache.storage.flock import CacheLockedError
+from kdcache.storage.lease import LeaseLock
 from kdcache.teacher_cache import CacheError, create_or_open_writer, open_cache
-from kdcache.teacher_cache.storage import open_storage
-from kdcache.teacher_cache.storage.flock import CacheLockedError
-from kdcache.teacher_cache.storage.lease import LeaseLock
 from kdcache.testing.synthetic_cache import synthetic_manifest, synthetic_unit
 
 
@@ -125,7 +125,7 @@ def test_a_live_lease_refuses_a_second_build_and_a_killed_holders_lease_is_taken
         [
             sys.executable,
             "-c",
-            "import sys, time; from kdcache.teacher_cache.storage import build_lock, open_storage; "
+            "import sys, time; from kdcache.storage import build_lock, open_storage; "
             "build_lock(open_storage(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(120)",
             url,
         ],

@@ -72,7 +72,7 @@ def test_out_draws_the_views_with_captions(tmp_path):
     assert img.shape == (2 * (tile_h + 2) + 2, 2 * (side + 2) + 2, 3)  # 4 views: 2 x 2, pad 2
     # the first tile's picture is the stored view re-rendered: its digest matched at build time, so
     # compare with a replay of the same records
-    from kdcache.teacher_cache.replay import open_replay
+    from kdcache.views.replay import open_replay
 
     reader = open_cache(str(c))
     block = reader.load_epoch(0)

@@ -9,8 +9,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
+from kdcache.storage import FsspecStorage, LocalStorage, is_url, open_storage
 from kdcache.teacher_cache import CacheError
-from kdcache.teacher_cache.storage import FsspecStorage, LocalStorage, is_url, open_storage
 
 
 @pytest.fixture(params=["local", "memory", "s3"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kdcache.storage import open_storage
 from kdcache.teacher_cache import (
     FORMAT_VERSION,
     BuildNotFinishedError,
@@ -28,7 +29,6 @@ from kdcache.teacher_cache import (
     num_units,
     open_cache,
 )
-from kdcache.teacher_cache.storage import open_storage
 from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
 from kdcache.testing.synthetic_cache import synthetic_manifest, synthetic_unit
 
@@ -441,7 +441,7 @@ def test_stream_views_refuses_a_zarr_cache(tmp_path, content):
 def test_a_header_created_between_read_and_listing_is_compared_not_refused(tmp_path):
     """Two processes open the same new cache: one reads no header, the other creates it, the first then
     lists the folder and finds it. It must compare with that header, not call the folder foreign."""
-    from kdcache.teacher_cache.storage import LocalStorage
+    from kdcache.storage import LocalStorage
 
     m = make_manifest("zarr")
     create_or_open_writer(tmp_path / "c", m)  # the other process, first

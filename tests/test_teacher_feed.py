@@ -66,8 +66,8 @@ def cache(setup):
 
 def _source(cache_dir: Path, rank: int, world: int, workers: int):
     from kdcache.student.cache_source import CacheBatchSource
-    from kdcache.teacher_cache.replay import open_replay
     from kdcache.teacher_cache.store import open_cache
+    from kdcache.views.replay import open_replay
 
     reader = open_cache(cache_dir)
     to_teacher = np.asarray(reader.manifest.dataset["to_teacher"])
@@ -138,7 +138,7 @@ def _slow_render(monkeypatch, seconds: float) -> None:
 
 
 def test_build_names_a_slow_teacher(setup, tmp_path, monkeypatch):
-    from kdcache.teacher_cache.build import pipeline
+    from kdcache.teacher_cache.teacher_pass import pipeline
 
     real = pipeline.TeacherRunner
 
@@ -155,7 +155,7 @@ def test_build_names_a_slow_teacher(setup, tmp_path, monkeypatch):
 
 
 def test_build_names_slow_views(setup, tmp_path, monkeypatch):
-    from kdcache.teacher_cache.build.runner import TeacherRunner
+    from kdcache.teacher_cache.teacher_pass.runner import TeacherRunner
 
     # Even a 32 px forward of the tiny teacher can take ~0.5 s on a loaded 2-core machine: the teacher
     # answers instantly here (uniform top-k), so only the loop's timing of the views is under test.

@@ -10,10 +10,10 @@ import torch
 
 from kdcache.models.precision import TeacherForward, parse_precision, precision_name
 from kdcache.registry.key import cache_key
-from kdcache.teacher_cache.build.config import BuildConfig
 from kdcache.teacher_cache.store.errors import ManifestError
 from kdcache.teacher_cache.store.layers import layer_id
 from kdcache.teacher_cache.store.manifest import TEACHER_PRECISIONS, Manifest
+from kdcache.teacher_cache.teacher_pass.config import BuildConfig
 from kdcache.testing.synthetic_cache import synthetic_manifest
 
 

@@ -40,8 +40,8 @@ def train_args(cache: Path, out: Path, *extra: str) -> list[str]:
 
 def _source(cache_dir: Path, with_topk: bool, rank: int = 0, world: int = 1):
     from kdcache.student.cache_source import CacheBatchSource
-    from kdcache.teacher_cache.replay import open_replay
     from kdcache.teacher_cache.store import open_cache
+    from kdcache.views.replay import open_replay
 
     reader = open_cache(cache_dir)
     engine = open_replay(reader.manifest)

@@ -20,9 +20,9 @@ from kdcache.student.batch import TrainBatch
 from kdcache.student.cache_source import CacheBatchSource
 from kdcache.student.targets import TeacherTarget
 from kdcache.student.teachers import FIRST_LAYER, select_teachers
-from kdcache.teacher_cache.replay import open_replay
 from kdcache.teacher_cache.store import open_cache
 from kdcache.teacher_cache.store.layers import VIEW_FIELDS, layer_id
+from kdcache.views.replay import open_replay
 
 NAME_B = "test_efficientnet"  # the second teacher
 
@@ -226,10 +226,8 @@ def test_a_name_two_layers_share_must_be_given_as_a_layer_id():
 def test_the_build_hint_for_several_teachers_builds_each_one():
     """`train --teacher T1:0.7,T2:0.3 --data D` with no cache suggests runnable builds: the first teacher's,
     then each further one (the registry adds it as a layer of the same views)."""
-    from kdcache.cli.train import build_hint
-    from kdcache.student.run import TrainConfig
+    from kdcache.teacher_cache.teacher_pass.command import registry_build_hint
 
-    cfg = TrainConfig(student=None, cache=None, out="run", teacher="t1:0.7,t2:0.3", data="/data", epochs=5)
-    lines = build_hint(cfg).split("\n  ")
+    lines = registry_build_hint("t1:0.7,t2:0.3", "/data", epochs=5).split("\n  ")
     assert [("--teacher t1" in line, "--teacher t2" in line) for line in lines] == [(True, False), (False, True)]
     assert all("--epochs 5" in line and ":0." not in line for line in lines)

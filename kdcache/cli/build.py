@@ -112,7 +112,7 @@ def build(**options) -> None:
     the registry: another --topk or --format-version than the teacher's stored labels, with the ways on).
     Under `torchrun --nproc-per-node N -m kdcache build ...` rank r of N takes work units r::N.
     """
-    from kdcache.teacher_cache.build.config import BuildConfig
+    from kdcache.teacher_cache.teacher_pass.config import BuildConfig
 
     summary = build_and_summarise(BuildConfig(**options))
     if summary:
@@ -124,7 +124,8 @@ def build_and_summarise(cfg) -> str:
     from kdcache.registry.catalog import record, touch
     from kdcache.registry.destination import plan_destination
     from kdcache.registry.root import cache_root
-    from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
+    from kdcache.teacher_cache.teacher_pass.command import build_command
+    from kdcache.teacher_cache.teacher_pass.pipeline import prepare_build, run_build
 
     cfg = cfg.resolved()
     if cfg.cache is not None:  # a registry key: the finished cache it names is the target
@@ -156,7 +157,7 @@ def build_and_summarise(cfg) -> str:
         return ""
     summary = result.summary(cfg.teacher)
     if dest is not None:
-        record(dest.root, dest.key, used=True, build_command=cfg.command_line())
+        record(dest.root, dest.key, used=True, build_command=build_command(cfg))
         what = {
             "new": "new cache",
             "extended": f"extended the cache that had epochs {list(dest.epochs_before)}",

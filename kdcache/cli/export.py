@@ -21,7 +21,7 @@ def export(cache: str, fmt: str, out: str, no_check: bool) -> None:
     Only committed units are copied; rerunning an interrupted export resumes it.
     """
     from kdcache.registry.lookup import resolve_cache_arg
-    from kdcache.teacher_cache.storage import open_storage
+    from kdcache.storage import open_storage
     from kdcache.teacher_cache.store import content_hash, create_or_open_writer, open_cache
 
     cache = resolve_cache_arg(cache, finished=True)

@@ -150,7 +150,7 @@ def draw_views(
     from PIL import Image, ImageDraw
 
     from kdcache.cli.preview import _grid
-    from kdcache.teacher_cache.replay import open_replay
+    from kdcache.views.replay import open_replay
 
     if not views:
         raise click.ClickException("no views in the slot range to draw")

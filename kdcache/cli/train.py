@@ -91,17 +91,37 @@ def train(**options) -> None:
     """
     import dataclasses
 
-    from kdcache.bottleneck import STUDENT_REMEDY, feed_report
     from kdcache.registry.lookup import recorded_build_command, resolve_train_cache
-    from kdcache.student.run import TrainConfig, run_train
+    from kdcache.student.args import TrainArgs
+    from kdcache.student.run import run_train
+    from kdcache.teacher_cache.teacher_pass.command import registry_build_hint
 
-    cfg = TrainConfig(**options)
-    cache, found = resolve_train_cache(cfg, build_hint(cfg))
+    args = TrainArgs(**options)
+    hint = None
+    if args.cache is None:
+        hint = registry_build_hint(
+            args.teacher,
+            args.data,
+            teacher_weights=args.teacher_weights,
+            cache_root=args.cache_root,
+            epochs=args.epochs,
+        )
+    cache, found = resolve_train_cache(args, hint)
     if found:
         click.echo(found, err=True)
-    result, _ = run_train(dataclasses.replace(cfg, cache=cache), recorded_build_command)
-    if result is None:
-        return
+    outcome = run_train(
+        dataclasses.replace(args, cache=cache),
+        recorded_build_command,
+        on_start=lambda lines: click.echo("\n".join(lines)),
+    )
+    if outcome.result is not None:
+        click.echo("\n".join(summary_lines(outcome.result, args.workers)), err=True)
+
+
+def summary_lines(result, workers: int) -> list[str]:
+    """The end-of-run summary of a finished ``kdcache train``."""
+    from kdcache.bottleneck import STUDENT_REMEDY, feed_report
+
     lines = [f"kdcache train finished: {result.out_dir} ({result.epochs_done} epochs, {result.global_step} steps)"]
     if result.final is not None:
         lines.append(
@@ -109,32 +129,6 @@ def train(**options) -> None:
             f"top-1 {result.final.top1:.2f}%, top-5 {result.final.top5:.2f}%"
         )
     if result.train_seconds > 0:
-        lines.append(f"  data: {feed_report(result.feed, cfg.workers, 'student step', STUDENT_REMEDY)}")
+        lines.append(f"  data: {feed_report(result.feed, workers, 'student step', STUDENT_REMEDY)}")
     lines.append(f"  logs: {result.out_dir}/metrics.jsonl, TensorBoard: tensorboard --logdir {result.out_dir}/tb")
-    click.echo("\n".join(lines), err=True)
-
-
-def build_hint(cfg) -> str | None:
-    """The `kdcache build` command(s) that create the cache this run looks up (None if it cannot look up),
-    with as many epochs as the student trains (the recipe's unless --epochs says): one build for the
-    first teacher of --teacher, then one per further teacher, which the registry adds as a layer."""
-    from kdcache.teacher_cache.build.config import BuildConfig
-    from kdcache.teacher_cache.store.layers import parse_teacher_spec
-
-    if cfg.cache is not None or cfg.teacher is None or cfg.data is None:
-        return None
-    try:
-        names = [name for name, _ in parse_teacher_spec(cfg.teacher)]
-    except ValueError:
-        names = [cfg.teacher]
-    commands = [
-        BuildConfig(
-            teacher=name,
-            data=cfg.data,
-            teacher_weights=cfg.teacher_weights if len(names) == 1 else None,
-            cache_root=cfg.cache_root,
-            epochs=cfg.epochs,
-        ).command_line()
-        for name in names
-    ]
-    return "\n  ".join(commands)
+    return lines

@@ -37,10 +37,10 @@ def verify(
     top-k at the precision the manifest records (probabilities within 1e-3 in fp32, 2e-2 under fp16
     autocast, 0.15 under bf16). Exits 1 on any mismatch, naming the view."""
     from kdcache.registry.lookup import resolve_cache_arg
-    from kdcache.teacher_cache.build.verify import log_tolerance, verify_cache
-    from kdcache.teacher_cache.replay import LIKELY_CAUSE
     from kdcache.teacher_cache.store import open_layers
     from kdcache.teacher_cache.store.layers import teacher_label
+    from kdcache.teacher_cache.teacher_pass.verify import log_tolerance, verify_cache
+    from kdcache.views.replay import LIKELY_CAUSE
 
     cache = resolve_cache_arg(cache, finished=True)
 

@@ -34,7 +34,7 @@ from kdcache.demo.data import IMAGE_SIZE, VAL_EVERY, write_digits
 from kdcache.demo.teacher import TeacherSpec, train_teacher
 from kdcache.errors import UsageError
 from kdcache.recipe import load_recipe
-from kdcache.teacher_cache.storage.atomic import write_atomic
+from kdcache.storage.atomic import write_atomic
 
 PRESET = "digits"
 MODES = ("none", "cached", "online")
@@ -203,7 +203,7 @@ def stage_teacher(
 
 def _build_config(cfg: DemoConfig, data: dict[str, Any], teacher: str, weights: str, out: str, epochs: int):
     """`kdcache build --recipe digits` of one teacher into the demo's cache (its own store or a layer)."""
-    from kdcache.teacher_cache.build.config import BuildConfig
+    from kdcache.teacher_cache.teacher_pass.config import BuildConfig
 
     return BuildConfig(
         teacher=teacher,
@@ -221,7 +221,7 @@ def _build_config(cfg: DemoConfig, data: dict[str, Any], teacher: str, weights: 
 
 
 def stage_build(cfg: DemoConfig, data: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
-    from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
+    from kdcache.teacher_cache.teacher_pass.pipeline import prepare_build, run_build
 
     epochs = cfg.student_epochs  # one cached epoch per student epoch: no view is shown twice
     bc = _build_config(cfg, data, cfg.teacher, teacher["weights"], str(cfg.out / "cache"), epochs)
@@ -249,7 +249,7 @@ def stage_add_teacher(
     cfg: DemoConfig, data: dict[str, Any], teacher2: dict[str, Any], build: dict[str, Any]
 ) -> dict[str, Any]:
     """`kdcache build --teacher T2 --out CACHE`: the second teacher's soft labels on the cache's views."""
-    from kdcache.teacher_cache.build.pipeline import prepare_build, run_build
+    from kdcache.teacher_cache.teacher_pass.pipeline import prepare_build, run_build
 
     bc = _build_config(cfg, data, cfg.teacher2, teacher2["weights"], build["cache"], build["epochs"])
     config = {**dataclasses.asdict(bc), "progress": None, "teacher_top1": teacher2["top1"], "cache": build["seconds"]}
@@ -303,12 +303,14 @@ def stage_student(
     student: str,
     kd: str,
     teachers: str = "",
+    echo: Callable[[str], None] = print,
 ) -> StudentRow:
-    from kdcache.student.run import TrainConfig, run_train
+    from kdcache.student.args import TrainArgs
+    from kdcache.student.run import run_train
 
     name = f"{student}-{kd}" + ("-ensemble" if teachers else "")
     run_dir = cfg.out / "runs" / f"seed{seed}" / name
-    args = TrainConfig(
+    args = TrainArgs(
         student=student,
         cache=build["cache"],
         out=str(run_dir),
@@ -329,7 +331,8 @@ def stage_student(
         return StudentRow(**{**saved["row"], "reused": True})
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or outdated run of the demo's own
     t0 = time.perf_counter()
-    result, _ = run_train(args)
+    # The run's start lines go under the stage's heading, so each block says which run it belongs to.
+    result = run_train(args, on_start=lambda lines: echo("\n".join("      " + line for line in lines))).result
     wall = time.perf_counter() - t0
     if result is None or not result.completed:
         raise RuntimeError(f"student run {run_dir} did not complete")
@@ -394,7 +397,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoSummar
             for student, kd, teachers in runs:
                 flag = f" --teacher {teachers}" if teachers else ""
                 head(f"student seed {seed}: `kdcache train --student {student} --kd {kd}{flag}`")
-                row = stage_student(cfg, data, teacher, build, seed, student, kd, teachers)
+                row = stage_student(cfg, data, teacher, build, seed, student, kd, teachers, echo)
                 summary.students.append(row)
                 extra = f", teacher forward {row.teacher_s:.1f} s" if kd == "online" else ""
                 echo(

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kdcache.teacher_cache.storage import Storage
+from kdcache.storage import Storage
 from kdcache.teacher_cache.store.errors import CacheError
 from kdcache.teacher_cache.store.manifest import Manifest, utc_now_iso
 
@@ -174,7 +174,7 @@ def resolve_key(root: Storage, text: str) -> str:
 
 def remove_entry(root: Storage, key: str, backend: str | None = None) -> None:
     """Delete one format of cache KEY (or all of it). Refuses while a build holds the cache's lock."""
-    from kdcache.teacher_cache.storage import CacheLockedError, build_lock
+    from kdcache.storage import CacheLockedError, build_lock
 
     entry = root.child(key)
     chosen = [backend] if backend else [b for b in FORMATS if entry.child(b).exists()]
@@ -199,7 +199,7 @@ def remove_layer(root: Storage, key: str, teacher: str, backend: str | None = No
     """Delete the layer of ``teacher`` (name, model or layer id) from cache KEY (each format, or
     ``backend``), leaving the views and the other layers alone. Returns the removed layers' locations.
     The cache's first layer holds the views and cannot be removed alone."""
-    from kdcache.teacher_cache.storage import CacheLockedError, build_lock
+    from kdcache.storage import CacheLockedError, build_lock
     from kdcache.teacher_cache.store import open_layer
 
     entry = root.child(key)

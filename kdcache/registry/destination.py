@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from kdcache.errors import UsageError
 from kdcache.registry.key import cache_key, teacher_model
-from kdcache.teacher_cache.storage import Storage
+from kdcache.storage import Storage
 from kdcache.teacher_cache.store import Manifest, read_manifest
 from kdcache.teacher_cache.store.layers import layer_id, layer_storage
 from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST

@@ -6,7 +6,7 @@ from typing import Any
 
 from kdcache.registry.catalog import Entry, RegistryError, list_entries
 from kdcache.registry.key import teacher_model
-from kdcache.teacher_cache.storage import Storage
+from kdcache.storage import Storage
 from kdcache.teacher_cache.store.layers import teacher_label
 
 
@@ -117,7 +117,7 @@ def is_registry_key(text: str) -> bool:
     """A registry key or key prefix, not an existing path or a URL."""
     from pathlib import Path
 
-    from kdcache.teacher_cache.storage import is_url
+    from kdcache.storage import is_url
 
     if is_url(text) or Path(text).exists():
         return False
@@ -149,7 +149,7 @@ def recorded_build_command(cache: str) -> str | None:
     """The build command the registry recorded for the cache at ``cache`` (ROOT/KEY/FORMAT), or None
     when the cache is not in a registry or has no recorded command (it only feeds a hint)."""
     from kdcache.registry.catalog import read_entry_meta
-    from kdcache.teacher_cache.storage import open_storage
+    from kdcache.storage import open_storage
 
     parts = str(cache).rstrip("/").rsplit("/", 2)
     if len(parts) != 3 or not parts[0]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kdcache.teacher_cache.storage import Storage, open_storage
+from kdcache.storage import Storage, open_storage
 
 ENV_VAR = "KDCACHE_HOME"
 

@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 from kdcache.errors import UsageError
 from kdcache.student.batch import TrainBatch, process_pairs, steps_per_epoch, train_batch_from_collated
 from kdcache.student.teachers import common_epochs
-from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch
 from kdcache.views import PairBatchDataset, ViewEngine, keep_collated
 from kdcache.views.plan import cycle_pair_order
+from kdcache.views.replay import LIKELY_CAUSE, ReplayMismatch
 
 
 def cached_epoch(student_epoch: int, epochs_complete: list[int]) -> int:
@@ -38,8 +38,8 @@ def epoch_pairs(
     Each pass through the cache (cycle) replays its epochs in a fresh seeded pair order (cycle 0: the
     plan's order); within a step rank r takes the pairs j = r (mod world size).
     """
-    ce = cached_epoch(student_epoch, epochs_complete)
-    order = cycle_pair_order(seed, ce, student_epoch // len(epochs_complete), num_pairs)
+    cached = cached_epoch(student_epoch, epochs_complete)
+    order = cycle_pair_order(seed, cached, student_epoch // len(epochs_complete), num_pairs)
     positions = [process_pairs(t, global_batch, rank, world_size) for t in steps]
     return order[np.concatenate(positions)] if positions else np.zeros(0, np.int64)
 
@@ -135,8 +135,8 @@ class CacheBatchSource:
         return torch.from_numpy(np.concatenate(lps, 1)), torch.from_numpy(np.concatenate(cls, 1)), layers
 
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[TrainBatch]:
-        ce = cached_epoch(epoch, self.epochs)
-        block = self._load(ce)
+        cached = cached_epoch(epoch, self.epochs)
+        block = self._load(cached)
         per = self.global_batch // self.world_size
         pairs = epoch_pairs(
             self.reader.manifest.seed,
@@ -150,7 +150,7 @@ class CacheBatchSource:
         )
         # One item per step: the step's pairs rendered together, each source image decoded once.
         steps = np.split(pairs, len(pairs) // (per // 2)) if len(pairs) else []
-        ds = PairBatchDataset(self.engine, ce, steps, records=block.params)
+        ds = PairBatchDataset(self.engine, cached, steps, records=block.params)
         loader = DataLoader(
             ds,
             batch_size=None,
@@ -166,7 +166,7 @@ class CacheBatchSource:
             if bad.size:
                 s = int(rows[bad[0]])
                 raise ReplayMismatch(
-                    f"view epoch {ce} slot {s} (sample {int(block.sample_id[s])}, "
+                    f"view epoch {cached} slot {s} (sample {int(block.sample_id[s])}, "
                     f"{self.engine.source.name(int(block.sample_id[s]))}) re-rendered to a different digest. "
                     + LIKELY_CAUSE
                 )

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from kdcache.teacher_cache.storage.atomic import atomic_file
+from kdcache.storage.atomic import atomic_file
 
 CHECKPOINT_FORMAT = 1
 
@@ -20,7 +20,7 @@ class CheckpointError(ValueError):
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` all-or-nothing: a crash or exception leaves the previous file or the new one at
-    ``path``, never a half-written one (:func:`~kdcache.teacher_cache.storage.atomic.atomic_file`)."""
+    ``path``, never a half-written one (:func:`~kdcache.storage.atomic.atomic_file`)."""
     with atomic_file(path) as f:
         torch.save(obj, f)
     return Path(path)

@@ -2,56 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import yaml
 
 from kdcache.distributed import close_world, init_world
 from kdcache.errors import UsageError
 from kdcache.models.precision import amp_dtype
-from kdcache.recipe import Recipe, RecipeError, load_recipe
-from kdcache.teacher_cache.replay import LIKELY_CAUSE, ReplayMismatch, open_replay, replay_sample
+from kdcache.student.args import TrainArgs, resolve_recipe
 from kdcache.teacher_cache.store.fidelity import format_summary, read_summary
+from kdcache.teacher_cache.teacher_pass.command import extend_command, with_epochs
+from kdcache.views.replay import LIKELY_CAUSE, ReplayMismatch, open_replay, replay_sample
+
+if TYPE_CHECKING:
+    from kdcache.student.trainer import FitResult
 
 log = logging.getLogger("kdcache.train")
 
 
 class EpochCoverageError(ValueError):
     """The student would train more epochs than the cache holds, without --allow-epoch-reuse."""
-
-
-def compose_build_command(m, cache: str, epochs: int) -> str:
-    """The ``kdcache build`` command that extends the cache at ``cache`` (manifest ``m``) to ``epochs``
-    epochs: every option that determines its content, from the manifest."""
-    t = m.teacher
-    parts = ["kdcache", "build", "--teacher", str(t.get("name") or t["id"]), "--data", str(m.dataset["source"])]
-    weights = t.get("weights")
-    if weights and Path(str(weights)).is_file():  # timm's own pretrained weights need no option
-        parts += ["--teacher-weights", str(weights)]
-    parts += ["--format", m.backend, "--recipe", str(m.recipe.get("name") or "seed"), "--seed", str(m.seed)]
-    parts += [*m.label_flags(), "--image-size", str(m.image_size), "--repeats", str(m.repeats)]
-    parts += ["--out", cache, "--epochs", str(epochs)]
-    return shlex.join(parts)
-
-
-def with_epochs(command: str, epochs: int) -> str:
-    """A recorded ``kdcache build`` command with its --epochs set to ``epochs``."""
-    parts = shlex.split(command)
-    for i, p in enumerate(parts):
-        if p == "--epochs" and i + 1 < len(parts):
-            parts[i + 1] = str(epochs)
-            return shlex.join(parts)
-        if p.startswith("--epochs="):
-            parts[i] = f"--epochs={epochs}"
-            return shlex.join(parts)
-    return shlex.join([*parts, "--epochs", str(epochs)])
 
 
 def epoch_reuse_message(cov, student_epochs: int, build_command: str) -> str:
@@ -64,82 +39,6 @@ def epoch_reuse_message(cov, student_epochs: int, build_command: str) -> str:
         f"  {build_command}\n"
         "or pass --allow-epoch-reuse to train on the cached epochs over and over (each pass in a fresh order)"
     )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The arguments of ``kdcache train``: one field per command-line option."""
-
-    student: str | None
-    cache: str | None  # a path, URL or registry key; None: look it up from teacher and data
-    out: str
-    cache_root: str | None = None  # the registry searched when cache is a key or None
-    data: str | None = None
-    val_data: str | None = None
-    kd: str = "cached"
-    teacher: str | None = None
-    teacher_weights: str | None = None
-    config: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    workers: int = 2
-    device: str = "cpu"
-    amp: str = "off"
-    channels_last: bool = False
-    compile: bool = False
-    resume: bool = False
-    eval_every: int | None = None
-    average_top: int | None = None
-    replay_check: int = 64
-    checkpoint_every: int = 0
-    progress: bool = True
-    allow_epoch_reuse: bool = False  # train more epochs than the cache holds, cycling through it
-
-
-def resolve_recipe(args: TrainConfig, cache_recipe: dict) -> Recipe:
-    """Augmentation from the cache (replay needs it exactly); training part from --config and flags."""
-    cached = Recipe.from_dict(cache_recipe)
-    recipe = cached
-    if args.config is not None:
-        chosen = load_recipe(args.config)
-        is_file = Path(args.config).suffix in (".yaml", ".yml") or Path(args.config).exists()
-        # Only an augment section the file actually writes can conflict; a missing one means "the cache's".
-        has_augment = is_file and "augment" in (yaml.safe_load(Path(args.config).read_text()) or {})
-        if has_augment and chosen.augment != cached.augment:
-            diffs = [
-                f.name
-                for f in dataclasses.fields(cached.augment)
-                if getattr(chosen.augment, f.name) != getattr(cached.augment, f.name)
-            ]
-            raise RecipeError(
-                f"{args.config} changes the augmentation ({', '.join(diffs)}), which would break replay of the "
-                "cache's views; remove its `augment` section or build a cache with it"
-            )
-        recipe = dataclasses.replace(cached, train=chosen.train)
-    t = recipe.train
-    changes: dict = {}
-    if args.student:
-        changes["model"] = args.student
-    if args.batch_size is not None:
-        changes["global_batch"] = args.batch_size
-    if args.lr is not None:
-        changes["lr"] = args.lr
-    if args.eval_every is not None:
-        changes["eval_every"] = args.eval_every
-    if args.average_top is not None:
-        changes["average_top"] = args.average_top
-    if args.epochs is not None and args.epochs != t.epochs:
-        cooldown = min(t.cooldown_epochs, max(0, args.epochs - t.warmup_epochs - 1))
-        if args.epochs - cooldown < 1:
-            raise RecipeError(f"--epochs {args.epochs} is too short for the recipe's schedule")
-        changes.update(
-            epochs=args.epochs,
-            cosine_epochs=args.epochs - cooldown,
-            cooldown_epochs=cooldown,
-            warmup_epochs=min(t.warmup_epochs, args.epochs - cooldown - 1),
-        )
-    return recipe.replace_train(**changes) if changes else recipe
 
 
 def replay_check(reader, engine, n_views: int) -> int:
@@ -191,9 +90,26 @@ def check_temperature(kd: str, temperature: float, topk: int, num_classes: int) 
         )
 
 
-def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | None] | None = None):
-    """Train; ``recorded_build_command(cache)`` (the CLI passes the registry's) gives the command that
-    built a cache, used to say how to extend it."""
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What ``kdcache train`` did: the fit's result (None on ranks other than 0) and the start lines that
+    describe the run (cache, teachers, soft labels, coverage, replay check)."""
+
+    result: FitResult | None
+    start_lines: tuple[str, ...]
+
+
+def run_train(
+    args: TrainArgs,
+    recorded_build_command: Callable[[str], str | None] | None = None,
+    on_start: Callable[[tuple[str, ...]], None] | None = None,
+) -> TrainOutcome:
+    """Train and return what happened; print nothing.
+
+    ``recorded_build_command(cache)`` (the CLI passes the registry's) gives the command that built a
+    cache, used to say how to extend it. ``on_start(lines)`` is called on rank 0 with the start lines
+    once everything is checked, just before the first step (the CLI prints them there).
+    """
     from kdcache.models.online_teacher import OnlineTeacher
     from kdcache.models.teacher import create_teacher
     from kdcache.student.cache_source import CacheBatchSource
@@ -249,7 +165,7 @@ def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | N
                 command = (
                     with_epochs(recorded, recipe.train.epochs)
                     if recorded
-                    else compose_build_command(m, args.cache, recipe.train.epochs)
+                    else extend_command(m, args.cache, recipe.train.epochs)
                 )
                 raise EpochCoverageError(epoch_reuse_message(cov, recipe.train.epochs, command))
             info.append(
@@ -319,10 +235,9 @@ def run_train(args: TrainConfig, recorded_build_command: Callable[[str], str | N
         )
         if args.compile:
             trainer.train_model = torch.compile(trainer.train_model)
-        if world.is_main:
-            for line in info:
-                print(line, flush=True)
+        if world.is_main and on_start is not None:
+            on_start(tuple(info))
         result = trainer.fit(source, resume=args.resume)
-        return (result if world.is_main else None), info
+        return TrainOutcome(result if world.is_main else None, tuple(info))
     finally:
         close_world(world)

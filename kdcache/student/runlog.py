@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kdcache.teacher_cache.storage.atomic import write_atomic
+from kdcache.storage.atomic import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"

@@ -23,6 +23,7 @@ from kdcache.models.online_teacher import Teacher
 from kdcache.models.precision import AMP_CHOICES, amp_dtype
 from kdcache.models.student import create_student
 from kdcache.recipe import Recipe
+from kdcache.storage.atomic import write_atomic
 from kdcache.student.batch import BatchError, BatchSource, TrainBatch
 from kdcache.student.best import BestCheckpoints, delete_files
 from kdcache.student.checkpoint import (
@@ -39,7 +40,6 @@ from kdcache.student.optim import create_optimizer
 from kdcache.student.runlog import RunLog
 from kdcache.student.schedule import create_scheduler
 from kdcache.student.targets import TeacherTarget
-from kdcache.teacher_cache.storage.atomic import write_atomic
 
 MODES = ("cached", "online", "none")
 CONFIG_FILE = "config.yaml"

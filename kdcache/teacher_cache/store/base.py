@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from kdcache.teacher_cache.storage import Storage
+from kdcache.storage import Storage
 from kdcache.teacher_cache.store.errors import CacheError, IncompleteEpochError
 from kdcache.teacher_cache.store.fields import EpochBlock, UnitData
 from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
@@ -132,6 +132,11 @@ class CacheWriter(ABC):
         final = self.manifest.replace(epochs_planned=planned, epochs_complete=complete)
         self.storage.write(MANIFEST, final.to_json().encode())
         return final
+
+    def prepare(self) -> None:
+        """Create the backend's shared skeleton before the first unit is written (idempotent, safe to race);
+        :func:`~kdcache.teacher_cache.store.open.create_or_open_writer` calls it."""
+        self._prepare()
 
     @abstractmethod
     def _prepare(self) -> None:

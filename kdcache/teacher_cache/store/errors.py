@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdcache.teacher_cache.storage.errors import CacheError
+from kdcache.storage.errors import CacheError
 
 
 class ManifestError(CacheError, ValueError):

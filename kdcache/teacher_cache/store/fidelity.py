@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcache.teacher_cache.storage import Storage
+from kdcache.storage import Storage
 from kdcache.teacher_cache.store.manifest import Manifest
 
 FIDELITY = "fidelity.json"

@@ -15,7 +15,7 @@ import hashlib
 import re
 from typing import Any
 
-from kdcache.teacher_cache.storage import Storage
+from kdcache.storage import Storage
 from kdcache.teacher_cache.store.manifest import RESUMABLE_FIELDS, Manifest
 
 LAYERS_DIR = "layers"

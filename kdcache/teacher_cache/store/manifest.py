@@ -24,7 +24,7 @@ from kdcache.teacher_cache.store.schema import (
 )
 
 if TYPE_CHECKING:
-    from kdcache.teacher_cache.storage import Storage
+    from kdcache.storage import Storage
 
 FORMAT_VERSION = 2  # the newest version this code reads and writes; bump on any change a reader of the
 # previous version would misread. 1: top-k labels. 2: top-k plus a 4-bit tail (store/labels.py).

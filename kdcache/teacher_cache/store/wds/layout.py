@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdcache.teacher_cache.storage import Storage
+from kdcache.storage import Storage
 from kdcache.teacher_cache.store.layout import epoch_name, parse_unit, unit_name
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from kdcache.teacher_cache.storage import is_url
+from kdcache.storage import is_url
 from kdcache.teacher_cache.store.errors import CacheError, CorruptShardError
 from kdcache.teacher_cache.store.fields import FIELDS
 from kdcache.teacher_cache.store.wds.layout import remedy

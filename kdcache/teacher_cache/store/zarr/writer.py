@@ -8,7 +8,7 @@ import json
 import zarr
 from zarr.storage import MemoryStore
 
-from kdcache.teacher_cache.storage import Storage
+from kdcache.storage import Storage
 from kdcache.teacher_cache.store.base import CacheWriter
 from kdcache.teacher_cache.store.errors import CacheError
 from kdcache.teacher_cache.store.fields import UnitData

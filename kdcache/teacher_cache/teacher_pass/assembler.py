@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdcache.teacher_cache.build.schedule import Unit
+from kdcache.teacher_cache.teacher_pass.schedule import Unit
 
 
 @dataclass

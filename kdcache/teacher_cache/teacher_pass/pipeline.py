@@ -19,12 +19,7 @@ from kdcache.distributed import close_world, init_world
 from kdcache.errors import UsageError
 from kdcache.models.teacher import TeacherInfo, create_teacher
 from kdcache.recipe import Recipe, load_recipe
-from kdcache.teacher_cache.build.classmap import class_map
-from kdcache.teacher_cache.build.config import BuildConfig
-from kdcache.teacher_cache.build.loop import BuildStats, StoredViews, run_units
-from kdcache.teacher_cache.build.runner import TeacherRunner
-from kdcache.teacher_cache.build.schedule import all_units, assign
-from kdcache.teacher_cache.storage import Storage, build_lock, open_storage
+from kdcache.storage import Storage, build_lock, open_storage
 from kdcache.teacher_cache.store import (
     Manifest,
     ManifestMismatchError,
@@ -37,6 +32,11 @@ from kdcache.teacher_cache.store import (
 from kdcache.teacher_cache.store.fidelity import format_summary, merge_unit_stats, write_summary, write_unit_stats
 from kdcache.teacher_cache.store.layers import layer_id, layer_storage, teacher_label, view_differences
 from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
+from kdcache.teacher_cache.teacher_pass.classmap import class_map
+from kdcache.teacher_cache.teacher_pass.config import BuildConfig
+from kdcache.teacher_cache.teacher_pass.loop import BuildStats, StoredViews, run_units
+from kdcache.teacher_cache.teacher_pass.runner import TeacherRunner
+from kdcache.teacher_cache.teacher_pass.schedule import all_units, assign
 from kdcache.views import ViewEngine
 from kdcache.views.plan import num_slots_for
 

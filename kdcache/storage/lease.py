@@ -19,10 +19,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from kdcache.teacher_cache.storage.locking import LOCK_NAME, CacheLockedError
+from kdcache.storage.locking import LOCK_NAME, CacheLockedError
 
 if TYPE_CHECKING:
-    from kdcache.teacher_cache.storage.base import Storage
+    from kdcache.storage.base import Storage
 
 DEFAULT_TTL_S = 300.0
 

@@ -7,9 +7,9 @@ import torch
 
 from kdcache.models.normalize import Normalize
 from kdcache.models.precision import TeacherForward
-from kdcache.teacher_cache.build.config import BuildConfig
 from kdcache.teacher_cache.store.fidelity import topk_fidelity
 from kdcache.teacher_cache.store.topk import logits_to_topk
+from kdcache.teacher_cache.teacher_pass.config import BuildConfig
 
 
 class TeacherRunner:

@@ -15,7 +15,7 @@ import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kdcache.teacher_cache.storage.locking import LOCK_NAME, CacheLockedError
+from kdcache.storage.locking import LOCK_NAME, CacheLockedError
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shlex
 from dataclasses import dataclass
 
 import torch
@@ -97,20 +96,3 @@ class BuildConfig:
 
     def use_channels_last(self) -> bool:
         return self.device.startswith("cuda") if self.channels_last is None else self.channels_last
-
-    def command_line(self) -> str:
-        """The ``kdcache build`` command that builds this cache into the registry (what determines its
-        content, not where it goes or how fast)."""
-        parts = ["kdcache", "build", "--teacher", self.teacher, "--data", self.data, "--format", self.format]
-        parts += ["--epochs", str(self.resolved_epochs()), "--seed", str(self.seed), "--topk", str(self.topk)]
-        parts += ["--recipe", self.recipe]
-        if self.format_version != 1:
-            parts += ["--format-version", str(self.format_version), "--tail-classes", str(self.tail())]
-        for flag, value in (("--repeats", self.repeats), ("--image-size", self.image_size)):
-            if value is not None:
-                parts += [flag, str(value)]
-        if self.teacher_weights:
-            parts += ["--teacher-weights", self.teacher_weights]
-        if self.cache_root:
-            parts += ["--cache-root", self.cache_root]
-        return shlex.join(parts)

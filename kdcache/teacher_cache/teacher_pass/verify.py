@@ -10,8 +10,8 @@ import torch
 from kdcache.models.normalize import Normalize
 from kdcache.models.precision import FP32, TeacherForward, parse_precision
 from kdcache.models.teacher import TeacherError, create_teacher
-from kdcache.teacher_cache.replay import Mismatch, open_replay, replay_sample
 from kdcache.teacher_cache.store.tail import GUARD_SLACK, guard_margin, tail_bounds
+from kdcache.views.replay import Mismatch, open_replay, replay_sample
 
 # fp16 log-probs are exact to ~1e-3 relative, so stored probabilities are within ~1e-4 absolute of
 # the teacher's; 1e-3 leaves room for float32 differences between the build's and this run's batch.

@@ -7,8 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
-from kdcache.teacher_cache.storage.atomic import tree_size, write_atomic
-from kdcache.teacher_cache.storage.base import Storage
+from kdcache.storage.atomic import tree_size, write_atomic
+from kdcache.storage.base import Storage
 
 
 class LocalStorage(Storage):

@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from kdcache.teacher_cache.storage.base import Storage
-from kdcache.teacher_cache.storage.errors import StorageError
+from kdcache.storage.base import Storage
+from kdcache.storage.errors import StorageError
 
 
 class FsspecStorage(Storage):

@@ -21,14 +21,14 @@ from tqdm import tqdm
 
 from kdcache.bottleneck import TEACHER_REMEDY, FeedTimes, feed_report
 from kdcache.distributed import World
-from kdcache.teacher_cache.build.assembler import UnitAssembler
-from kdcache.teacher_cache.build.config import BuildConfig
-from kdcache.teacher_cache.build.runner import TeacherRunner
-from kdcache.teacher_cache.build.schedule import Unit, unit_batches
-from kdcache.teacher_cache.replay import ReplayMismatch
 from kdcache.teacher_cache.store import EpochBlock, open_cache
 from kdcache.teacher_cache.store.fidelity import FidelityStats
+from kdcache.teacher_cache.teacher_pass.assembler import UnitAssembler
+from kdcache.teacher_cache.teacher_pass.config import BuildConfig
+from kdcache.teacher_cache.teacher_pass.runner import TeacherRunner
+from kdcache.teacher_cache.teacher_pass.schedule import Unit, unit_batches
 from kdcache.views import ViewEngine, keep_collated
+from kdcache.views.replay import ReplayMismatch
 
 REPORT_EVERY = 10  # batches between updates of the bottleneck shares on the progress bar
 LOG_EVERY = 200  # batches between bottleneck log lines when there is no progress bar

@@ -1,1 +1,0 @@
-"""The teacher pass: ``kdcache build`` (pipeline, loop, runner, schedule) and ``kdcache verify``."""
