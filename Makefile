@@ -14,8 +14,8 @@ $(BIN)/kdcache: pyproject.toml
 
 venv: $(BIN)/kdcache
 
-test: venv
-	$(BIN)/ruff check .
+# lint first: style, formatting, and the layering contract in pyproject.toml (import-linter).
+test: lint
 	$(BIN)/python -m pytest -n $(JOBS) -q
 
 test-slow: venv
@@ -26,6 +26,8 @@ test-all: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 demo: venv
 	$(BIN)/kdcache demo --out demo-out
