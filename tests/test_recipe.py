@@ -16,7 +16,7 @@ def test_seed_preset_is_the_default_recipe():
     assert seed.name == "seed"
     assert seed.augment == AugmentConfig()
     a = seed.augment
-    # The seed recipe as DESIGN.md settles it.
+    # The published seed recipe (docs/recipes.md).
     assert (a.image_size, a.scale, a.interpolation, a.hflip) == (224, (0.08, 1.0), "random", 0.5)
     assert a.ratio == pytest.approx((3 / 4, 4 / 3), abs=0)
     assert (a.auto_augment, a.mixup_alpha, a.cutmix_alpha, a.mix_prob, a.switch_prob, a.repeats) == (

@@ -98,7 +98,7 @@ def test_content_arguments_change_the_key_layout_arguments_do_not(setup, tmp_pat
 
 
 def test_key_covers_exactly_the_view_fields():
-    """Issue 15: the key covers the views alone; teacher, weights, k and precision are a layer's own."""
+    """The key covers the views alone (docs/registry.md); teacher, weights, k and precision are a layer's own."""
     base = synthetic_manifest(backend="zarr", num_samples=20, unit_size=4, epochs=1)
     k = cache_key(base)
     t = base.teacher

@@ -57,8 +57,8 @@ def test_head_runs_in_fp32_on_autocast_features():
 
 
 def test_precision_names_its_own_layer_and_old_caches_still_read():
-    """The registry key covers the views alone (issue 15); the precision makes other labels, so a teacher
-    at another precision is another layer of the same views."""
+    """The registry key covers the views alone (docs/registry.md); the precision makes other labels, so a
+    teacher at another precision is another layer of the same views."""
     old = with_precision(synthetic_manifest(), None)
     fp32 = with_precision(old, "fp32")
     fp16 = with_precision(old, "fp16-autocast+fp32-head")

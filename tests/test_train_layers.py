@@ -1,4 +1,4 @@
-"""Training from several teachers of one cache (issue 15): `kdcache train --teacher T1,T2` on layers.
+"""Training from several teachers of one cache (teacher layers): `kdcache train --teacher T1,T2` on layers.
 
 A 2-layer cache is made by hand: the same data built twice with two teachers (same seed, recipe and
 size, so the same views), the second store copied to ``A/layers/<layer_id>/`` (where `kdcache build
