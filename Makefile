@@ -33,7 +33,7 @@ demo: venv
 	$(BIN)/kdcache demo --out demo-out
 
 bench: venv
-	$(BIN)/python benchmarks/view_engine.py
+	$(BIN)/python benchmarks/performance/view_engine.py
 
 clean:
 	rm -rf demo-out .pytest_cache
