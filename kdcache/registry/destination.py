@@ -66,7 +66,7 @@ def plan_destination(root: Storage, manifest: Manifest, epochs: int) -> tuple[De
 def _check_labels(stored: Manifest, asked: Manifest, key: str, layer: str | None) -> None:
     """One teacher keeps one label scheme per set of views: a build asking for another k or format must
     not be handed the stored one as if it were what was asked for."""
-    fields = ("topk", "tail_classes", "format_version")
+    fields = ("topk", "tail_classes", "draws", "format_version")
     if all(getattr(stored, f) == getattr(asked, f) for f in fields):
         return
     teacher = teacher_model(stored.teacher)

@@ -21,6 +21,7 @@ class Domain(IntEnum):
     MIX = 3
     CHECK = 4  # sampling which views to re-check (replay checks, verify)
     CYCLE = 5  # the order of a cached epoch's pairs when training cycles through the cache again
+    LABEL_DRAWS = 6  # format 3's soft labels: each view's offset for its systematic draws
 
 
 def keyed_generator(seed: int, domain: Domain, *coords: int) -> np.random.Generator:

@@ -14,6 +14,12 @@ Quantiles are read off the histogram as the upper edge of the bin holding them, 
 within one bin: 0.005 for ``outside`` (linear bins on [0, 1]) and 6 % relative for ``kl`` (40
 geometric bins per decade from 1e-4 to 1e2; below 1e-4 reports 1e-4, above 1e2 reports inf).
 
+Format 3 stores draws, whose per-view KL is meaningless (zero target mass where the teacher has some):
+its units record ``outside`` (mass outside the exact top-k), ``noise`` (per view, the L1 distance between
+the rebuilt target and the teacher, 0..2; linear bins of 0.01) and ``bias``: per unit, the L1 norm of the
+mean target minus the mean teacher over the unit's views, which shrinks with the views averaged for an
+unbiased scheme and stays put for a biased one.
+
 These figures depend on float kernels (device, AMP, library versions), so they are bookkeeping, not
 content: they live in their own objects (``fidelity/<epoch>-<unit>.json`` per unit, written after
 the unit's commit, and ``fidelity.json``, merged at finalize), outside the manifest and the content
@@ -36,7 +42,9 @@ from kdcache.teacher_cache.store.manifest import Manifest
 FIDELITY = "fidelity.json"
 FIDELITY_DIR = "fidelity"
 STATS = ("outside", "kl")
+DRAW_STATS = ("outside", "noise")  # format 3
 QUANTILES = (50, 90, 99)
+_NOISE_BINS = 200  # linear on [0, 2]
 
 _OUT_BINS = 200  # linear on [0, 1]
 _KL_LO, _KL_DECADES, _KL_PER_DECADE = -4, 6, 40  # geometric on [1e-4, 1e2]
@@ -47,6 +55,8 @@ def _bin(name: str, values: np.ndarray) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     if name == "outside":
         return np.clip(np.ceil(v * _OUT_BINS).astype(np.int64) - 1, 0, _OUT_BINS - 1)
+    if name == "noise":
+        return np.clip(np.ceil(v * _NOISE_BINS / 2).astype(np.int64) - 1, 0, _NOISE_BINS - 1)
     with np.errstate(divide="ignore"):
         pos = (np.log10(np.maximum(v, 0.0)) - _KL_LO) * _KL_PER_DECADE
     pos = np.clip(np.nan_to_num(pos, nan=0.0, neginf=0.0), 0.0, float(_KL_BINS))  # KL 0 -> bin 0; castable
@@ -57,42 +67,70 @@ def _bin(name: str, values: np.ndarray) -> np.ndarray:
 def _upper_edge(name: str, index: int) -> float:
     if name == "outside":
         return (index + 1) / _OUT_BINS
+    if name == "noise":
+        return 2 * (index + 1) / _NOISE_BINS
     if index >= _KL_BINS - 1:
         return math.inf
     return float(10.0 ** (_KL_LO + index / _KL_PER_DECADE))
 
 
+_BINS = {"outside": _OUT_BINS, "kl": _KL_BINS, "noise": _NOISE_BINS}
+
+
 @dataclass
 class FidelityStats:
-    """Mergeable summary of per-view figures: view count, exact sums and fixed histograms."""
+    """Mergeable summary of per-view figures: view count, exact sums and fixed histograms (``names``:
+    :data:`STATS`, or :data:`DRAW_STATS` for format 3, which adds the per-unit ``bias``)."""
 
+    names: tuple[str, ...] = STATS
     views: int = 0
-    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STATS, 0.0))
+    sums: dict[str, float] = field(default_factory=dict)
     # exact maxima: a quantile never exceeds them (for k = C every view's mass outside is exactly 0)
-    maxima: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STATS, 0.0))
-    counts: dict[str, np.ndarray] = field(
-        default_factory=lambda: {
-            "outside": np.zeros(_OUT_BINS, np.int64),
-            "kl": np.zeros(_KL_BINS, np.int64),
-        }
-    )
+    maxima: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    # format 3: per unit, the L1 norm of mean target - mean teacher; summed over units, with their count
+    bias_sum: float = 0.0
+    bias_max: float = 0.0
+    bias_units: int = 0
+    _diff: np.ndarray | None = None  # the open unit's sum of (target - teacher) over its views so far
 
-    def add(self, outside: np.ndarray, kl: np.ndarray) -> None:
-        """Add the figures of a batch of views (1-D arrays of equal length)."""
-        for name, v in (("outside", outside), ("kl", kl)):
+    def __post_init__(self) -> None:
+        for name in self.names:
+            self.sums.setdefault(name, 0.0)
+            self.maxima.setdefault(name, 0.0)
+            self.counts.setdefault(name, np.zeros(_BINS[name], np.int64))
+
+    def add(self, *figures: np.ndarray, diff: np.ndarray | None = None) -> None:
+        """Add the figures of a batch of views (1-D arrays of equal length, in ``names`` order); ``diff``
+        (format 3): the batch's sum over views of target - teacher, (C,), for the unit's bias."""
+        for name, v in zip(self.names, figures, strict=True):
             v = np.asarray(v, dtype=np.float64).reshape(-1)
             self.sums[name] += float(v.sum())
             if v.size:
                 self.maxima[name] = max(self.maxima[name], float(v.max()))
             self.counts[name] += np.bincount(_bin(name, v), minlength=len(self.counts[name]))
-        self.views += int(np.asarray(outside).size)
+        self.views += int(np.asarray(figures[0]).size)
+        if diff is not None:
+            d = np.asarray(diff, dtype=np.float64)
+            self._diff = d if self._diff is None else self._diff + d
+
+    def close_unit(self) -> None:
+        """End of a unit's views: turn their summed differences into the unit's bias figure."""
+        if self._diff is not None and self.views:
+            bias = float(np.abs(self._diff / self.views).sum())
+            self.bias_sum, self.bias_units = self.bias_sum + bias, self.bias_units + 1
+            self.bias_max = max(self.bias_max, bias)
+        self._diff = None
 
     def merge(self, other: FidelityStats) -> None:
         self.views += other.views
-        for name in STATS:
+        for name in self.names:
             self.sums[name] += other.sums[name]
             self.maxima[name] = max(self.maxima[name], other.maxima[name])
             self.counts[name] += other.counts[name]
+        self.bias_sum += other.bias_sum
+        self.bias_units += other.bias_units
+        self.bias_max = max(self.bias_max, other.bias_max)
 
     def mean(self, name: str) -> float | None:
         return self.sums[name] / self.views if self.views else None
@@ -106,34 +144,46 @@ class FidelityStats:
         return min(_upper_edge(name, int(np.searchsorted(cum, rank, side="left"))), self.maxima[name])
 
     def summary(self) -> dict[str, Any]:
-        """{"views": n, "outside": {"mean", "p50", "p90", "p99"}, "kl": {...}} (None when no views)."""
+        """{"views": n, "outside": {"mean", "p50", "p90", "p99"}, "kl" (or "noise"): {...}} (None when no
+        views); format 3 adds "bias": {"mean", "max", "units"}."""
         out: dict[str, Any] = {"views": self.views}
-        for name in STATS:
+        for name in self.names:
             row = {"mean": self.mean(name)}
             row.update({f"p{q}": self.quantile(name, q) for q in QUANTILES})
             out[name] = row
+        if "noise" in self.names:
+            units = self.bias_units
+            out["bias"] = {"mean": self.bias_sum / units if units else None, "max": self.bias_max, "units": units}
         return out
 
     def to_json(self) -> bytes:
-        doc = {
+        doc: dict[str, Any] = {
             "views": self.views,
             "sums": self.sums,
             "maxima": self.maxima,
             # sparse: {bin: count}, so a unit's object stays small
             "counts": {n: {str(int(i)): int(c[i]) for i in np.flatnonzero(c)} for n, c in self.counts.items()},
         }
+        if "noise" in self.names:  # formats 1 and 2 keep their documents as they were
+            doc["bias"] = {"sum": self.bias_sum, "max": self.bias_max, "units": self.bias_units}
         return (json.dumps(doc, sort_keys=True) + "\n").encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> FidelityStats:
         doc = json.loads(raw)
-        s = cls()
+        s = cls(names=DRAW_STATS if "noise" in doc["sums"] else STATS)
         s.views = int(doc["views"])
-        for name in STATS:
+        for name in s.names:
             s.sums[name] = float(doc["sums"][name])
             s.maxima[name] = float(doc.get("maxima", {}).get(name, math.inf))
             for i, c in doc["counts"][name].items():
                 s.counts[name][int(i)] = int(c)
+        bias = doc.get("bias", {})
+        s.bias_sum, s.bias_max, s.bias_units = (
+            float(bias.get("sum", 0.0)),
+            float(bias.get("max", 0.0)),
+            int(bias.get("units", 0)),
+        )
         return s
 
 
@@ -145,12 +195,12 @@ def write_unit_stats(storage: Storage, epoch: int, unit: int, stats: FidelitySta
     storage.write(unit_key(epoch, unit), stats.to_json())
 
 
-def merge_unit_stats(storage: Storage, units: set[tuple[int, int]]) -> FidelityStats:
+def merge_unit_stats(storage: Storage, units: set[tuple[int, int]], names: tuple[str, ...] = STATS) -> FidelityStats:
     """The merged figures of ``units`` (committed units); units without figures are left out."""
     keys = [unit_key(e, u) for e, u in sorted(units)]
     present = set(storage.listdir(FIDELITY_DIR)) if storage.exists(FIDELITY_DIR) else set()
     keys = [k for k in keys if k.split("/", 1)[1] in present]
-    total = FidelityStats()
+    total = FidelityStats(names=names)
     for raw in storage.read_many(keys) if keys else []:
         total.merge(FidelityStats.from_json(raw))
     return total
@@ -160,11 +210,15 @@ def write_summary(storage: Storage, stats: FidelityStats, manifest: Manifest) ->
     """Write ``fidelity.json`` (summary + the merged histograms) and return the summary."""
     m = manifest
     stored = "top-k fp16 log-probs" + (f" + {m.tail_classes} tail classes at 4 bits" if m.tail_classes else "")
+    rule = f"{stored}, leftover mass spread evenly (topk_to_probs), T=1"
+    if m.draws:
+        rule = f"exact top-k fp16 log-probs + {m.draws} systematic draws from the rest, each rest/{m.draws} (T=1)"
     doc = {
         "topk": m.topk,
         "tail_classes": m.tail_classes,
+        **({"draws": m.draws} if m.draws else {}),
         "num_classes": m.num_classes,
-        "rule": f"{stored}, leftover mass spread evenly (topk_to_probs), T=1",
+        "rule": rule,
         "quantiles": "upper bin edges: outside 0.005 linear; kl 40 geometric bins per decade from 1e-4",
         **stats.summary(),
         "histogram": json.loads(stats.to_json()),
@@ -179,7 +233,7 @@ def read_summary(storage: Storage) -> dict[str, Any] | None:
         doc = json.loads(storage.read(FIDELITY))
     except FileNotFoundError:
         return None
-    return {k: doc[k] for k in ("views", "outside", "kl") if k in doc}
+    return {k: doc[k] for k in ("views", "outside", "kl", "noise", "bias", "draws") if k in doc}
 
 
 def format_summary(s: dict[str, Any] | None, views: int | None = None) -> str:
@@ -191,6 +245,16 @@ def format_summary(s: dict[str, Any] | None, views: int | None = None) -> str:
         return f"mean {d['mean']:.3f} (p50 {d['p50']:.3f}, p90 {d['p90']:.3f}, p99 {d['p99']:.3f})"
 
     of = f" of {views:,}" if views is not None and views != s["views"] else ""
+    if "noise" in s:
+        bias = s.get("bias") or {}
+        bias_text = (
+            f"mean {bias['mean']:.3f} over {bias['units']} unit(s)" if bias.get("mean") is not None else "not measured"
+        )
+        return (
+            f"mass outside the exact top-k {row(s['outside'])}; the {s.get('draws', 'M')} draws are unbiased "
+            f"(they average to the teacher), per-view L1 noise {row(s['noise'])}; L1 of mean target - mean "
+            f"teacher per unit {bias_text}; {s['views']:,}{of} views"
+        )
     return (
         f"mass outside the stored classes {row(s['outside'])}; KL(teacher||target) {row(s['kl'])} nats; "
         f"{s['views']:,}{of} views"

@@ -22,7 +22,9 @@ LAYERS_DIR = "layers"
 VIEW_FIELDS = ("sample_id", "repeat", "params", "digest")  # the same in every layer
 # Manifest fields in which a layer may differ from the cache's first layer: its teacher and labels, and the
 # bookkeeping of the process that wrote it. Everything else describes the views and must be equal.
-LAYER_FIELDS = frozenset({"teacher", "topk", "tail_classes", "format_version", "kdcache_version", "library_versions"})
+LAYER_FIELDS = frozenset(
+    {"teacher", "topk", "tail_classes", "draws", "format_version", "kdcache_version", "library_versions"}
+)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 

@@ -26,14 +26,15 @@ from kdcache.teacher_cache.store.schema import (
 if TYPE_CHECKING:
     from kdcache.storage import Storage
 
-FORMAT_VERSION = 2  # the newest version this code reads and writes; bump on any change a reader of the
+FORMAT_VERSION = 3  # the newest version this code reads and writes; bump on any change a reader of the
 # previous version would misread. 1: top-k labels. 2: top-k plus a 4-bit tail (store/labels.py).
+# 3: an exact top-k plus systematic draws from the rest of the distribution (store/draws.py).
 DEFAULT_FORMAT_VERSION = 1  # what a build writes unless told otherwise (docs/cache-format.md says why)
 
 
-def format_version_for(tail_classes: int) -> int:
-    """The format a cache with this tail is: 2 with a tail, else 1."""
-    return 2 if tail_classes else 1
+def format_version_for(tail_classes: int, draws: int = 0) -> int:
+    """The format a cache storing these labels is: 3 with draws, 2 with a tail, else 1."""
+    return 3 if draws else 2 if tail_classes else 1
 
 
 BACKENDS = ("zarr", "wds")
@@ -80,6 +81,7 @@ class Manifest:
     library_versions: dict[str, str] = field(default_factory=dict)
     epochs_complete: tuple[int, ...] = ()  # summary written by finalize; unit markers are the truth
     tail_classes: int = 0  # format 2: classes ranked k+1 .. k+tail_classes stored with 4-bit log-probs
+    draws: int = 0  # format 3: systematic draws from the teacher's distribution outside the top-k
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -87,15 +89,25 @@ class Manifest:
     @property
     def label_width(self) -> int:
         """Classes per view with a stored probability: the width of a view's rows in memory."""
+        return self.topk + self.tail_classes + self.draws
+
+    @property
+    def ranked(self) -> int:
+        """Leading columns of a row that hold distinct classes by descending probability (top-k + tail)."""
         return self.topk + self.tail_classes
 
     @property
     def label_scheme(self) -> str:
-        """'top-10', or 'top-10 + 10 tail' in format 2: how the soft labels are stored, for people."""
+        """'top-10', 'top-10 + 10 tail' (format 2) or 'top-5 + 32 draws' (format 3): how the soft labels
+        are stored, for people."""
+        if self.draws:
+            return f"top-{self.topk} + {self.draws} draws"
         return f"top-{self.topk}" + (f" + {self.tail_classes} tail" if self.tail_classes else "")
 
     def label_flags(self) -> list[str]:
         """The ``kdcache build`` options that store labels this way."""
+        if self.draws:
+            return ["--topk", str(self.topk), "--format-version", "3", "--draws", str(self.draws)]
         tail = ["--format-version", str(self.format_version), "--tail-classes", str(self.tail_classes)]
         return ["--topk", str(self.topk), *(tail if self.tail_classes else [])]
 
@@ -107,6 +119,8 @@ class Manifest:
             out[f.name] = list(v) if isinstance(v, tuple) else v
         if not self.tail_classes:  # version 1 documents stay as they were (same bytes, same content hash)
             del out["tail_classes"]
+        if not self.draws:  # so do version 1 and 2 documents
+            del out["draws"]
         return out
 
     def to_json(self) -> str:
@@ -233,10 +247,16 @@ def _validate(m: Manifest) -> None:
     num_classes = need_int("num_classes", m.num_classes, lo=2, hi=2**31 - 1)
     need_int("topk", m.topk, lo=1, hi=num_classes)
     tail = need_int("tail_classes", m.tail_classes, lo=0, hi=num_classes - m.topk)
-    if (m.format_version >= 2) != (tail > 0):
+    draws = need_int("draws", m.draws, lo=0, hi=65535)
+    if (m.format_version == 2) != (tail > 0) or (m.format_version == 3) != (draws > 0):
         raise ManifestError(
-            f"manifest fields 'format_version' {m.format_version} and 'tail_classes' {tail} disagree: format 1 "
-            "stores no tail, format 2 stores one of at least 1 class"
+            f"manifest fields 'format_version' {m.format_version}, 'tail_classes' {tail} and 'draws' {draws} "
+            "disagree: format 1 stores only the top-k, format 2 a tail of at least 1 class, format 3 at least 1 draw"
+        )
+    if draws and m.topk >= num_classes:
+        raise ManifestError(
+            f"manifest field 'draws': format 3 draws from classes outside the top-{m.topk}, "
+            f"and there are none of {num_classes}"
         )
     need_int("epochs_planned", m.epochs_planned, lo=1)
     need_int("record_width", m.record_width, lo=1, hi=4096)

@@ -183,13 +183,15 @@ def make_manifest(
     repeats: int | None = None,
     image_size: int | None = None,
     tail_classes: int = 0,
+    draws: int = 0,
 ) -> Manifest:
     """A build's manifest: repeats and image size default to the recipe's, num_classes is the teacher's,
     and version, creation time and library versions are filled in from this process."""
     augment = recipe.get("augment", {})
     return Manifest(
-        format_version=format_version_for(tail_classes),
+        format_version=format_version_for(tail_classes, draws),
         tail_classes=tail_classes,
+        draws=draws,
         kdcache_version=__version__,
         backend=backend,
         teacher=teacher,

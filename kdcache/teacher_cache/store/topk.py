@@ -3,8 +3,8 @@
 Reconstruction (docs/cache-format.md, "Soft labels"), for one view with stored log-probs l_1..l_k at
 classes c_1..c_k out of C classes and temperature T:
 
-    p_c = exp(l_i)                      if c = c_i
-    p_c = max(0, 1 - sum_i exp(l_i)) / (C - k)   otherwise
+    p_c = sum of exp(l_i) over i with c_i = c   if c is stored (format 3 may store a class in several columns)
+    p_c = max(0, 1 - sum_i exp(l_i)) / (C - k)    otherwise
     q_c = p_c^(1/T) / sum_c' p_c'^(1/T)
 
 The k exponentials and both sums (top-k mass, normaliser) run in float64, the rest in float32:
@@ -48,7 +48,11 @@ def _numpy_probs(lp: np.ndarray, cls: np.ndarray, c: int, t: float) -> np.ndarra
     p = p64.astype(np.float32)
     rest = (np.maximum(0.0, 1.0 - mass) / max(c - lp.shape[-1], 1)).astype(np.float32)
     out = np.broadcast_to(rest, (*lp.shape[:-1], c)).copy()
-    np.put_along_axis(out, cls.astype(np.int64), p, axis=-1)
+    idx = cls.astype(np.int64)
+    # Zero, then add: a class may hold several columns (format 3's repeated draws); 0 + p is p exactly.
+    np.put_along_axis(out, idx, 0.0, axis=-1)
+    flat = out.reshape(-1, c)
+    np.add.at(flat, (np.arange(flat.shape[0])[:, None], idx.reshape(-1, idx.shape[-1])), p.reshape(-1, p.shape[-1]))
     if t != 1.0:
         out = np.power(out, np.float32(1.0 / t))
     return out / out.sum(-1, keepdims=True, dtype=np.float64).astype(np.float32)
@@ -62,7 +66,10 @@ def _torch_probs(lp: Any, cls: Any, c: int, t: float) -> Any:
     p = p64.float()
     rest = ((1.0 - mass).clamp_min(0.0) / float(max(c - lp.shape[-1], 1))).float()
     out = rest.expand(*lp.shape[:-1], c).clone()
-    out.scatter_(-1, cls.long(), p)
+    idx = cls.long()
+    # Zero, then add: a class may hold several columns (format 3's repeated draws); 0 + p is p exactly.
+    out.scatter_(-1, idx, 0.0)
+    out.scatter_add_(-1, idx, p)
     if t != 1.0:
         out = out.pow(1.0 / t)
     return out / out.sum(-1, keepdim=True, dtype=torch.float64).float()

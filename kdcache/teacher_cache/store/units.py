@@ -46,9 +46,11 @@ def check_unit_data(manifest: Manifest, unit: int, data: UnitData) -> None:
     lp = data.topk_logprob.astype(np.float32)
     if np.isnan(lp).any() or (lp > 1e-3).any():
         raise ValueError(f"unit {unit}: topk_logprob must be log-probabilities (<= 0, no NaN)")
-    if (np.diff(lp, axis=1) > 0).any():
+    # Format 3's draw columns follow the ranked ones: equal values, and a class may repeat (store/draws.py).
+    ranked = manifest.ranked
+    if (np.diff(lp[:, :ranked], axis=1) > 0).any():
         raise ValueError(f"unit {unit}: topk_logprob rows must be sorted in descending order")
-    if data.topk > 1 and (np.diff(np.sort(data.topk_class, axis=1), axis=1) == 0).any():
+    if ranked > 1 and (np.diff(np.sort(data.topk_class[:, :ranked], axis=1), axis=1) == 0).any():
         raise ValueError(f"unit {unit}: a row of topk_class names the same class twice")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kdcache.teacher_cache.store.fields import FIELDS, UnitData
-from kdcache.teacher_cache.store.labels import TAIL_FIELDS, decode_unit
+from kdcache.teacher_cache.store.labels import decode_unit, label_fields
 
 BLOCK = 512
 
@@ -77,7 +77,10 @@ def decode_members(
     if (epoch is not None and meta.get("epoch") != epoch) or (unit is not None and meta.get("unit") != unit):
         raise ShardFormatError(f"holds epoch {meta.get('epoch')} unit {meta.get('unit')}, expected {epoch}/{unit}")
     arrays = {}
-    names = FIELDS + (TAIL_FIELDS if meta.get("format_version", 1) >= 2 else ())
+    version = meta.get("format_version", 1)
+    if version not in (1, 2, 3):
+        raise ShardFormatError(f"meta.json names format version {version!r}, which this kdcache does not read")
+    names = FIELDS + label_fields(version)
     for name in names:
         payload = members.get(f"{name}.npy")
         if payload is None:

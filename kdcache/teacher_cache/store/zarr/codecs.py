@@ -35,5 +35,6 @@ def codec_kwargs(name: str, ndim: int) -> dict[str, Any]:
         "topk_class": BloscShuffle.bitshuffle,  # class ids < 1000 leave most high bits zero
         "tail_class": BloscShuffle.bitshuffle,
         "tail_code": BloscShuffle.bitshuffle,  # 4-bit codes in bytes: the high bit planes are free
+        "draw_gap": BloscShuffle.bitshuffle,  # gaps between sorted draws: mostly 0 and small numbers
     }[name]
     return {"filters": (), "compressors": (_blosc(shuffle), Crc32cCodec())}
