@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
 import click
 
 from kdcache.cli.common import fail_cleanly
+
+if TYPE_CHECKING:  # the command's modules load lazily (kdcache/cli/main.py)
+    from kdcache.registry.destination import Destination
+    from kdcache.teacher_cache.teacher_pass.config import BuildConfig
+    from kdcache.teacher_cache.teacher_pass.dry_run import BuildPlan
+    from kdcache.teacher_cache.teacher_pass.pipeline import PreparedBuild
 
 
 @click.command()
@@ -99,6 +106,25 @@ from kdcache.cli.common import fail_cleanly
     help="Views per work unit: the unit of writing, resuming and distribution (even).",
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan and exit, writing nothing: views (and those already in the cache), work units, "
+    "files/objects, bytes, host RAM per rank and hours. The hours use --assume-rate, else a rate measured on a "
+    "few batches rendered and run through the teacher here, in memory.",
+)
+@click.option(
+    "--assume-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --dry-run: views/s per rank for the hours (e.g. a GPU's teacher throughput) instead of measuring "
+    "on this machine.",
+)
+@click.option(
+    "--world-size",
+    type=click.IntRange(min=1),
+    help="With --dry-run: plan for this many ranks (torchrun processes), e.g. 8 or 64 from one machine "
+    "[$WORLD_SIZE, else 1].",
+)
 @fail_cleanly
 def build(**options) -> None:
     """Run the teacher once on every view of EPOCHS epochs and write top-k soft labels (format 2: plus a
@@ -111,47 +137,46 @@ def build(**options) -> None:
     epochs; any other difference from the existing cache is refused with the list of differences (in
     the registry: another --topk or --format-version than the teacher's stored labels, with the ways on).
     Under `torchrun --nproc-per-node N -m kdcache build ...` rank r of N takes work units r::N.
+
+    With --dry-run nothing is written (no cache folder, lock, registry entry or logs) and the teacher only
+    runs in memory to measure a rate: the plan goes to stdout. Plan a cluster from one machine with
+    `--dry-run --world-size 64 --assume-rate 2600`.
     """
     from kdcache.teacher_cache.teacher_pass.config import BuildConfig
 
-    summary = build_and_summarise(BuildConfig(**options))
+    cfg = BuildConfig(**options)
+    summary = build_and_summarise(cfg)
     if summary:
-        click.echo(summary, err=True)
+        click.echo(summary, err=not cfg.dry_run)  # a dry run's plan is the command's output
 
 
-def build_and_summarise(cfg) -> str:
-    """Build ``cfg`` (into the registry when it has no --out) and return the summary ("" on ranks > 0)."""
+def build_and_summarise(cfg: BuildConfig) -> str:
+    """Build ``cfg`` (into the registry when it has no --out) and return the summary ("" on ranks > 0);
+    with ``cfg.dry_run``, return the plan and write nothing."""
     from kdcache.registry.catalog import record, touch
-    from kdcache.registry.destination import plan_destination
-    from kdcache.registry.root import cache_root
     from kdcache.teacher_cache.teacher_pass.command import build_command
-    from kdcache.teacher_cache.teacher_pass.pipeline import prepare_build, run_build
+    from kdcache.teacher_cache.teacher_pass.pipeline import run_build
 
     cfg = cfg.resolved()
-    if cfg.cache is not None:  # a registry key: the finished cache it names is the target
-        from kdcache.registry.lookup import resolve_cache_arg
+    if cfg.dry_run:
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one plan is enough
+            return ""
+        from kdcache.teacher_cache.teacher_pass.dry_run import format_plan
 
-        cfg = dataclasses.replace(cfg, out=resolve_cache_arg(cfg.cache, finished=True, root=cfg.cache_root), cache=None)
-    prep = prepare_build(cfg)
-    dest = None
-    out = cfg.out
-    if out is None:
-        # Every rank computes the same key from the same inputs, so no rank needs to tell the others.
-        dest, manifest = plan_destination(cache_root(cfg.cache_root), prep.manifest, cfg.epochs)
-        prep, out = prep.with_manifest(manifest), dest.out
-        if dest.state == "reused":
-            if int(os.environ.get("RANK", "0")) != 0:
-                return ""
-            touch(dest.root, dest.key)
-            held = "" if dest.layer is None else f" (teacher {cfg.teacher}: layers/{dest.layer})"
-            return "\n".join(
-                [
-                    f"kdcache build: reused {dest.out}{held} ({cfg.format}); nothing to compute",
-                    f"  registry       key {dest.key}: epochs {list(dest.epochs_before)} are complete; "
-                    f"{cfg.epochs} asked",
-                    "  the teacher did not run; a larger --epochs extends this cache",
-                ]
-            )
+        return format_plan(dry_run_plan(cfg))
+    cfg, prep, out, dest = _resolve_destination(cfg)
+    if dest is not None and dest.state == "reused":
+        if int(os.environ.get("RANK", "0")) != 0:
+            return ""
+        touch(dest.root, dest.key)
+        held = "" if dest.layer is None else f" (teacher {cfg.teacher}: layers/{dest.layer})"
+        return "\n".join(
+            [
+                f"kdcache build: reused {dest.out}{held} ({cfg.format}); nothing to compute",
+                f"  registry       key {dest.key}: epochs {list(dest.epochs_before)} are complete; {cfg.epochs} asked",
+                "  the teacher did not run; a larger --epochs extends this cache",
+            ]
+        )
     result = run_build(cfg, prep, out)
     if result is None:
         return ""
@@ -168,3 +193,40 @@ def build_and_summarise(cfg) -> str:
             what += f" (teacher layer {dest.layer})"
         summary += f"\n  registry       key {dest.key}: {what}"
     return summary
+
+
+def dry_run_plan(cfg: BuildConfig) -> BuildPlan:
+    """The :class:`~kdcache.teacher_cache.teacher_pass.dry_run.BuildPlan` of ``cfg``'s build, where the build
+    would go (its --out, or the registry's choice), reading only: the registry root is not created."""
+    from kdcache.teacher_cache.teacher_pass.dry_run import plan_build
+
+    cfg, prep, out, dest = _resolve_destination(cfg.resolved())
+    registry = None
+    if dest is not None:
+        held = "" if dest.layer is None else f", teacher layer {dest.layer}"
+        registry = (
+            f"key {dest.key} under {dest.root.where()} ({dest.state}{held}); the dry run creates neither "
+            "the root nor the entry"
+        )
+    return plan_build(cfg, prep, out, registry=registry)
+
+
+def _resolve_destination(cfg: BuildConfig) -> tuple[BuildConfig, PreparedBuild, str, Destination | None]:
+    """(the config with --cache resolved, the prepared build, where it goes, the registry's Destination or
+    None with --out or --cache), reading only."""
+    from kdcache.registry.destination import plan_destination
+    from kdcache.registry.root import cache_root
+    from kdcache.teacher_cache.teacher_pass.pipeline import prepare_build
+
+    if cfg.cache is not None:  # a registry key: the finished cache it names is the target
+        from kdcache.registry.lookup import resolve_cache_arg
+
+        cfg = dataclasses.replace(cfg, out=resolve_cache_arg(cfg.cache, finished=True, root=cfg.cache_root), cache=None)
+    prep = prepare_build(cfg)
+    dest = None
+    out = cfg.out
+    if out is None:
+        # Every rank computes the same key from the same inputs, so no rank needs to tell the others.
+        dest, manifest = plan_destination(cache_root(cfg.cache_root), prep.manifest, cfg.epochs)
+        prep, out = prep.with_manifest(manifest), dest.out
+    return cfg, prep, out, dest

@@ -39,6 +39,10 @@ class BuildConfig:
     compile: bool = False
     unit_size: int = 10240  # views per work unit (one writer, one commit)
     progress: bool = True
+    # --dry-run: print the build's plan (teacher_pass/dry_run.py) and write nothing.
+    dry_run: bool = False
+    assume_rate: float | None = None  # views/s per rank for the dry run's hours; None: measured there
+    world_size: int | None = None  # ranks the dry run plans for; None: $WORLD_SIZE or 1
 
     def __post_init__(self) -> None:
         if self.out is not None and self.cache is not None:
@@ -63,6 +67,14 @@ class BuildConfig:
             raise UsageError(f"--unit-size must be even, got {self.unit_size}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise UsageError(f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.assume_rate is not None and not self.assume_rate > 0:  # also catches NaN
+            raise UsageError(f"--assume-rate must be > 0 views/s per rank, got {self.assume_rate}")
+        if self.world_size is not None and self.world_size < 1:
+            raise UsageError(f"--world-size must be >= 1, got {self.world_size}")
+        if not self.dry_run and (self.assume_rate is not None or self.world_size is not None):
+            # A real build takes its world from torchrun; silently ignoring these would mislead.
+            given = "--assume-rate" if self.assume_rate is not None else "--world-size"
+            raise UsageError(f"{given} plans a build without running it; add --dry-run")
 
     def resolved_epochs(self) -> int:
         """--epochs, or the recipe's training epochs when not given."""
