@@ -8,38 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import timm
-import torch
-from PIL import Image
-from sklearn.datasets import load_sample_images
+# Moved to kdcache.testing so that benchmarks share them; re-exported so the tests import them from here.
+from kdcache.testing.fixtures import write_dataset, write_teacher
+from kdcache.testing.tiny_runs import tiny_build as tiny_build
+from kdcache.testing.tiny_runs import tiny_train as tiny_train
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_dataset(root: Path, classes: list[str], per_class: int, seed: int = 0) -> Path:
-    """Real photo crops (scikit-learn's sample images) of varied sizes, one folder per class."""
-    imgs = load_sample_images().images
-    g = np.random.default_rng(seed)
-    for c, name in enumerate(classes):
-        d = root / name
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            src = imgs[(c + i) % len(imgs)]
-            h, w = int(g.integers(40, 90)), int(g.integers(40, 90))
-            y, x = int(g.integers(0, src.shape[0] - 2 * h)), int(g.integers(0, src.shape[1] - 2 * w))
-            Image.fromarray(np.ascontiguousarray(src[y : y + 2 * h : 2, x : x + 2 * w : 2])).save(
-                d / f"img{i:03d}.jpg", quality=90
-            )
-    return root
-
-
-def write_teacher(path: Path, num_classes: int, arch: str = "test_resnet", seed: int = 0) -> Path:
-    """A tiny timm model at a seeded random init, saved in timm's key layout."""
-    torch.manual_seed(seed)
-    model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
-    torch.save(model.state_dict(), path)
-    return path
 
 
 def three_class_setup(root: Path, per_class: int) -> tuple[Path, Path]:
@@ -87,63 +61,6 @@ def run_cli(
             f"kdcache {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
-
-
-def tiny_build(data: Path, weights: Path, out: Path | str | None, *extra: str) -> list[str]:
-    """Arguments of a small, fast build with a `test_resnet` teacher; later options in ``extra``
-    override the defaults (click keeps the last value of a repeated option). ``out=None`` builds
-    into the registry. One epoch unless ``extra`` says otherwise (the recipe's default is 610)."""
-    return [
-        "build",
-        "--teacher",
-        "test_resnet",
-        "--teacher-weights",
-        str(weights),
-        "--data",
-        str(data),
-        *([] if out is None else ["--out", str(out)]),
-        "--image-size",
-        "32",
-        "--topk",
-        "3",
-        "--unit-size",
-        "6",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--workers",
-        "0",
-        "--no-progress",
-        *extra,
-    ]
-
-
-def tiny_train(cache: Path, out: Path, *extra: str, reuse: bool = True) -> list[str]:
-    """Arguments of a short `test_resnet` training run on a cache; ``extra`` overrides the defaults.
-    ``reuse``: pass --allow-epoch-reuse, as the tests' caches often hold fewer epochs than the 2 trained."""
-    return [
-        "train",
-        "--student",
-        "test_resnet",
-        "--cache",
-        str(cache),
-        "--out",
-        str(out),
-        "--config",
-        "seed",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--replay-check",
-        "8",
-        "--no-progress",
-        *(["--allow-epoch-reuse"] if reuse else []),
-        *extra,
-    ]
 
 
 def run_torchrun(args: list[str], nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
