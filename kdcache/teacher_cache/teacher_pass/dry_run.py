@@ -35,6 +35,8 @@ from kdcache.teacher_cache.store.labels import stored_layout
 from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
 from kdcache.teacher_cache.store.manifest import Manifest
 from kdcache.teacher_cache.store.wds.tar import build_shard
+
+# The writer's own documents, so the metadata bytes are the writer's and not a copy of its layout.
 from kdcache.teacher_cache.store.zarr.writer import _epoch_template, _root_doc
 from kdcache.teacher_cache.teacher_pass.config import BuildConfig
 from kdcache.teacher_cache.teacher_pass.loop import BuildBatches, StoredViews
@@ -46,12 +48,12 @@ from kdcache.teacher_cache.teacher_pass.schedule import Unit, all_units, assign,
 # 10,240 views, k = 10, 1000 classes; docs/benchmarks.md "Per field (zarr)"): sample_id 1.61 of 4 B,
 # repeat < 0.1 of 1, params 13.48 of 28, top-k log-probs 12.43 of 20, top-k classes 12.54 of 20; the
 # tail's from benchmarks/label_fidelity.py on a real teacher (tail_class 1.25 B per int16 id, tail_code
-# 0.128 B per 4-bit code). digest is stored raw. A field not measured (None) is counted raw.
+# 0.128 B per 4-bit code). digest is stored raw (no compressor). A field not listed here (format 3's
+# draw_gap) is counted raw: its compression has not been measured.
 ZARR_RATIO: dict[str, float] = {
     "sample_id": 1.61 / 4,
     "repeat": 0.1,
     "params": 13.48 / 28,
-    "digest": 1.0,
     "topk_logprob": 12.43 / 20,
     "topk_class": 12.54 / 20,
     "tail_class": 1.25 / 2,
@@ -90,7 +92,7 @@ class Existing:
 class ByteEstimate:
     expected: int  # what the written objects should total
     upper: int  # with every compressed chunk stored raw (zarr) / the same (wds: nothing is compressed)
-    fields_per_view: float  # expected bytes of one view's fields in a full unit (compression at scale)
+    unit_bytes_per_view: float  # a full unit's chunks (zarr, compressed as at scale) or tar shard, per view
 
 
 @dataclass(frozen=True)
@@ -300,7 +302,6 @@ def estimate_bytes(
 ) -> ByteEstimate:
     """Bytes the objects of ``units``, ``new_epochs`` epochs' metadata and the once-per-cache files
     ``fixed`` will take (a cache of ``epochs`` epochs)."""
-    views = sum(u.size for u in units)
     by_size: dict[int, tuple[int, int]] = {}  # an epoch has at most two unit sizes: full and the last
     expected = upper = 0
     for u in units:
@@ -316,7 +317,7 @@ def estimate_bytes(
         expected += e + marker
         upper += up + marker
     meta = new_epochs * epoch_metadata_bytes(manifest) if manifest.backend == "zarr" and new_epochs else 0
-    once = sum(fixed_bytes(manifest, name, epochs, views) for name in fixed)
+    once = sum(fixed_bytes(manifest, name, epochs, epochs * manifest.num_slots) for name in fixed)
     if manifest.backend == "zarr":
         per_view = zarr_chunk_bytes(manifest, manifest.unit_size)[0] / manifest.unit_size
     else:
@@ -373,11 +374,12 @@ def schedule_bytes_per_view(units: list[Unit], batch_size: int) -> float:
     prefix of the share (numpy's buffers are traced too). benchmarks/schedule_memory.py measures
     unit_batches alone (28.1 B/view at batch 512); this adds what run_units derives from it."""
     sample: list[Unit] = []
+    views = 0
     for u in units:
-        if sample and sum(s.size for s in sample) >= SCHEDULE_SAMPLE_VIEWS:
+        if views >= SCHEDULE_SAMPLE_VIEWS:
             break
         sample.append(u)
-    views = sum(u.size for u in sample)
+        views += u.size
     if not views:
         return 0.0
     was_tracing = tracemalloc.is_tracing()
@@ -407,9 +409,11 @@ def measure_rate(cfg: BuildConfig, prep: PreparedBuild, units: list[Unit], store
     with the teacher, so the rank runs at the slower of the two sides; with no workers, at their sum.
     The teacher side is its forward pass (the top-k and fidelity figures the build adds are small)."""
     needed: list[Unit] = []
-    for u in units:
+    views = 0
+    for u in units:  # enough units for MEASURE_BATCHES batches (a unit may hold less than one)
         needed.append(u)
-        if sum(n.size for n in needed) >= MEASURE_BATCHES * cfg.batch_size:
+        views += u.size
+        if views >= MEASURE_BATCHES * cfg.batch_size:
             break
     items, batches = unit_batches(needed, cfg.batch_size)
     work = [(int(items[b[0], 0]), items[b, 1]) for b in batches[:MEASURE_BATCHES]]
@@ -610,6 +614,8 @@ def human_bytes(n: float) -> str:
 
 def human_duration(h: float) -> str:
     s = h * 3600
+    if s < 1:
+        return "under 1 s"
     if s < 120:
         return f"{s:,.0f} s"
     if s < 7200:
@@ -633,7 +639,7 @@ def format_plan(p: BuildPlan) -> str:
     last = "" if p.last_unit_views == p.unit_size else f", the last {p.last_unit_views:,}"
     b = p.bytes
     per_view_all = b.expected / max(p.views_total, 1)
-    overhead = b.expected - b.fields_per_view * p.views_total
+    overhead = b.expected - b.unit_bytes_per_view * p.views_total
     lines = [
         "kdcache build --dry-run: the plan of this build; nothing was written",
         f"  destination    {p.destination} ({p.backend}, format {p.format_version}, {p.label_scheme}): {state}{store}",
@@ -648,13 +654,15 @@ def format_plan(p: BuildPlan) -> str:
         f"the busiest has {p.rank_units:,} to do ({p.rank_views:,} views)",
         f"  objects        {p.objects_total:,} files when complete, {p.objects_new:,} of them new: {p.objects_rule}",
         f"  bytes          about {human_bytes(b.expected)} when complete ({per_view_all:,.1f} B/view), at most "
-        f"{human_bytes(b.upper)} (chunks uncompressed); fields {b.fields_per_view:,.1f} B/view in a full unit"
         + (
-            " (zarr: compression as measured at ImageNet scale, benchmarks/epoch_load.py)"
+            f"{human_bytes(b.upper)} (chunks uncompressed); a full unit's chunks take {b.unit_bytes_per_view:,.1f} "
+            "B/view (compression as measured at ImageNet scale, benchmarks/epoch_load.py; small units compress less)"
             if p.backend == "zarr"
-            else " (wds: uncompressed .npy in tar)"
+            else f"{human_bytes(b.upper)}; a full unit's tar shard takes {b.unit_bytes_per_view:,.1f} B/view "
+            "(uncompressed .npy members in 512-byte tar blocks)"
         )
-        + f", plus {human_bytes(max(overhead, 0))} of metadata, markers, fidelity stats and chunk framing",
+        + f", the rest is {human_bytes(max(overhead, 0))} of metadata, markers, fidelity stats"
+        + (" and chunk framing" if p.backend == "zarr" else ""),
         f"                 this build writes about {human_bytes(p.bytes_new)}; {human_bytes(p.bytes_now)} already there"
         if p.bytes_now
         else "",
@@ -671,7 +679,7 @@ def format_plan(p: BuildPlan) -> str:
         ),
         "                 not counted: the interpreter and libraries, each DataLoader worker's process, the "
         "dataset's file list, activations",
-        f"  rate           {p.rate.views_per_s:,.2f} views/s per rank, {p.rate.basis}"
+        f"  rate           {p.rate.views_per_s:,.4g} views/s per rank, {p.rate.basis}"
         if p.rate.views_per_s
         else f"  rate           {p.rate.basis}",
     ]
@@ -682,7 +690,7 @@ def format_plan(p: BuildPlan) -> str:
         lines.append("  time           0 h: nothing to compute")
     else:
         lines.append(
-            f"  time           {p.views_left:,} views / ({p.rate.views_per_s:,.2f} views/s x {p.world_size} "
-            f"rank(s)) = {h:,.4g} h ({human_duration(h)})"
+            f"  time           {p.views_left:,} views / ({p.rate.views_per_s:,.4g} views/s x {p.world_size} "
+            f"rank(s)) = {h:,.3f} h ({human_duration(h)})"
         )
     return "\n".join(line for line in lines if line)
