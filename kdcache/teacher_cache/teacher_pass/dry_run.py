@@ -625,6 +625,60 @@ def human_duration(h: float) -> str:
     return f"{h / 24:,.1f} days"
 
 
+def _bytes_line(p: BuildPlan) -> str:
+    b = p.bytes
+    rest = human_bytes(max(b.expected - b.unit_bytes_per_view * p.views_total, 0))
+    if p.backend == "zarr":
+        detail = (
+            f"at most {human_bytes(b.upper)} (chunks uncompressed); a full unit's chunks take "
+            f"{b.unit_bytes_per_view:,.1f} B/view (compression as measured at ImageNet scale, benchmarks/"
+            f"epoch_load.py; small units compress less), the rest, {rest}, is metadata, commit markers, fidelity "
+            "stats, chunk framing and the last unit's padding"
+        )
+    else:
+        detail = (
+            f"a full unit's tar shard takes {b.unit_bytes_per_view:,.1f} B/view (uncompressed .npy members in "
+            f"512-byte tar blocks), the rest, {rest}, is the header, manifest, fidelity stats and the last units' "
+            "tar blocks"
+        )
+    return (
+        f"  bytes          about {human_bytes(b.expected)} when complete "
+        f"({b.expected / max(p.views_total, 1):,.1f} B/view); {detail}"
+    )
+
+
+def _ram_lines(p: BuildPlan) -> list[str]:
+    if not p.views_left:
+        return ["  RAM per rank   little: nothing to compute (the build finds every unit committed)"]
+    pinned = "" if p.teacher_on_host else ", 1 pinned copy"
+    teacher = (
+        f", teacher weights {human_bytes(p.teacher_bytes)}"
+        if p.teacher_on_host
+        else f"; teacher weights {human_bytes(p.teacher_bytes)} on {p.device}, not counted"
+    )
+    return [
+        f"  RAM per rank   about {human_bytes(p.ram_total)} of host memory: schedule {human_bytes(p.ram_schedule)} "
+        f"({p.schedule_bytes_per_view:,.1f} B/view of the busiest rank's {p.rank_views:,} views, measured), views "
+        f"in flight {human_bytes(p.ram_in_flight)} ({p.batches_in_flight} batch(es) of {p.batch_size} x "
+        f"{p.image_size}x{p.image_size}x3 B: --workers {p.workers} x prefetch {PREFETCH} in shared memory, 1 in "
+        f"the teacher's hands{pinned}), units being written {human_bytes(p.ram_units)}{teacher}",
+        "                 not counted: the interpreter and libraries, each DataLoader worker's process, the "
+        "dataset's file list, activations",
+    ]
+
+
+def _time_line(p: BuildPlan) -> str:
+    h = p.hours
+    if p.views_left == 0:
+        return "  time           0 h: nothing to compute"
+    if h is None or not p.rate.views_per_s:
+        return "  time           unknown (no rate)"
+    return (
+        f"  time           {p.views_left:,} views / ({p.rate.views_per_s:,.4g} views/s x {p.world_size} rank(s)) "
+        f"= {h:,.3f} h ({human_duration(h)})"
+    )
+
+
 def format_plan(p: BuildPlan) -> str:
     """The dry run's report, one aligned line per fact."""
     state = {
@@ -637,60 +691,26 @@ def format_plan(p: BuildPlan) -> str:
     store = "" if p.store == p.destination else f"; writes {p.store}"
     full = p.units_per_epoch - (p.last_unit_views != p.unit_size)
     last = "" if p.last_unit_views == p.unit_size else f", the last {p.last_unit_views:,}"
-    b = p.bytes
-    per_view_all = b.expected / max(p.views_total, 1)
-    overhead = b.expected - b.unit_bytes_per_view * p.views_total
+    rate = f"{p.rate.views_per_s:,.4g} views/s per rank, " if p.rate.views_per_s else ""
     lines = [
         "kdcache build --dry-run: the plan of this build; nothing was written",
         f"  destination    {p.destination} ({p.backend}, format {p.format_version}, {p.label_scheme}): {state}{store}",
         f"  registry       {p.registry}" if p.registry else "",
         f"  views          {p.epochs:,} epoch(s) x {p.views_per_epoch:,} views = {p.views_total:,} views "
         f"({p.num_samples:,} samples, repeats {p.repeats}: an epoch has as many views as samples, rounded "
-        f"down to even)",
+        "down to even)",
         f"  done           {p.views_done:,} of {p.views_total:,} views ({p.units_done:,} of {p.units_total:,} units) "
         f"already committed; {p.views_left:,} views to compute",
         f"  units          {p.units_per_epoch:,} per epoch of {p.unit_size:,} views ({full:,} full{last}), "
         f"{p.units_total:,} in all; {p.world_size} rank(s), rank r builds units r::{p.world_size}: "
         f"the busiest has {p.rank_units:,} to do ({p.rank_views:,} views)",
         f"  objects        {p.objects_total:,} files when complete, {p.objects_new:,} of them new: {p.objects_rule}",
-        f"  bytes          about {human_bytes(b.expected)} when complete ({per_view_all:,.1f} B/view), at most "
-        + (
-            f"{human_bytes(b.upper)} (chunks uncompressed); a full unit's chunks take {b.unit_bytes_per_view:,.1f} "
-            "B/view (compression as measured at ImageNet scale, benchmarks/epoch_load.py; small units compress less)"
-            if p.backend == "zarr"
-            else f"{human_bytes(b.upper)}; a full unit's tar shard takes {b.unit_bytes_per_view:,.1f} B/view "
-            "(uncompressed .npy members in 512-byte tar blocks)"
-        )
-        + f", the rest is {human_bytes(max(overhead, 0))} of metadata, markers, fidelity stats"
-        + (" and chunk framing" if p.backend == "zarr" else ""),
+        _bytes_line(p),
         f"                 this build writes about {human_bytes(p.bytes_new)}; {human_bytes(p.bytes_now)} already there"
         if p.bytes_now
         else "",
-        f"  RAM per rank   about {human_bytes(p.ram_total)} of host memory: schedule {human_bytes(p.ram_schedule)} "
-        f"({p.schedule_bytes_per_view:,.1f} B/view of the busiest rank's {p.rank_views:,}, measured), views in "
-        f"flight {human_bytes(p.ram_in_flight)} ({p.batches_in_flight} batch(es) of {p.batch_size} x "
-        f"{p.image_size}x{p.image_size}x3 B: --workers {p.workers} x prefetch {PREFETCH} in shared memory, 1 in "
-        f"the teacher's hands{', 1 pinned copy' if not p.teacher_on_host else ''}), units being written "
-        f"{human_bytes(p.ram_units)}"
-        + (
-            f", teacher weights {human_bytes(p.teacher_bytes)}"
-            if p.teacher_on_host
-            else f"; teacher weights {human_bytes(p.teacher_bytes)} on {p.device}, not counted"
-        ),
-        "                 not counted: the interpreter and libraries, each DataLoader worker's process, the "
-        "dataset's file list, activations",
-        f"  rate           {p.rate.views_per_s:,.4g} views/s per rank, {p.rate.basis}"
-        if p.rate.views_per_s
-        else f"  rate           {p.rate.basis}",
+        *_ram_lines(p),
+        f"  rate           {rate}{p.rate.basis}",
+        _time_line(p),
     ]
-    h = p.hours
-    if h is None:
-        lines.append("  time           unknown (no rate)")
-    elif p.views_left == 0:
-        lines.append("  time           0 h: nothing to compute")
-    else:
-        lines.append(
-            f"  time           {p.views_left:,} views / ({p.rate.views_per_s:,.4g} views/s x {p.world_size} "
-            f"rank(s)) = {h:,.3f} h ({human_duration(h)})"
-        )
     return "\n".join(line for line in lines if line)
