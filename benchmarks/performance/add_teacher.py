@@ -12,9 +12,9 @@ batch size, workers and device; the wall time of each build call is taken, model
 both. Teachers are timm models at seeded random init saved to .pth (no network); the images are
 scikit-learn's sample photos cropped into an ImageFolder.
 
-    python benchmarks/add_teacher.py                                  # test_resnet, 60 images, 3 rounds
-    python benchmarks/add_teacher.py --teacher2 resnet18 --images 256 --image-size 160
-    python benchmarks/add_teacher.py --device cuda --teacher2 resnet50 --images 2048 --workers 8
+    python benchmarks/performance/add_teacher.py                                  # test_resnet, 60 images, 3 rounds
+    python benchmarks/performance/add_teacher.py --teacher2 resnet18 --images 256 --image-size 160
+    python benchmarks/performance/add_teacher.py --device cuda --teacher2 resnet50 --images 2048 --workers 8
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def main() -> None:
@@ -43,10 +41,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
-    from build_helpers import write_dataset, write_teacher
-
+    # Imported after parsing, so that --help does not wait for torch.
     from kdcache.cli.build import build_and_summarise
     from kdcache.teacher_cache.teacher_pass.config import BuildConfig
+    from kdcache.testing.fixtures import write_dataset, write_teacher
 
     tmp = Path(tempfile.mkdtemp(prefix="kdcache-add-teacher-"))
     try:

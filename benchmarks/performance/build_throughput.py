@@ -1,7 +1,7 @@
 """``kdcache build`` throughput against the teacher's own forward throughput, same views, same device.
 
 - **A, teacher forward**: every view is rendered once with kdcache's view engine into memory (not
-  timed), collated into exactly the batches the build forms (``unit_batches`` + ``collate_pairs``),
+  timed), in exactly the batches the build forms (``unit_batches`` + ``BuildBatches``),
   then ``TeacherRunner.topk`` (to device, normalise with the teacher's mean/std, forward, log-softmax,
   top-k, back to the host) is timed over those batches: the pure cost of the teacher.
 - **B, build**: ``kdcache.teacher_cache.teacher_pass.loop.run_units``, the build's render + teacher + write loop
@@ -24,11 +24,11 @@ same cores; the report says how many cores the two share.
 The teacher is a timm model at random init (``torch.manual_seed(0)``), saved to a temporary .pth and
 loaded with ``create_teacher(name, weights)`` as ``kdcache build --teacher-weights`` does: no network.
 
-    python benchmarks/build_throughput.py                          # ResNet-50, 96 images, 3 rounds
-    python benchmarks/build_throughput.py --teacher resnet18 --images 64    # quicker
-    python benchmarks/build_throughput.py --teacher test_resnet --rounds 2  # smoke test, seconds
-    python benchmarks/build_throughput.py --workers 1 --threads 1           # explore core sharing
-    python benchmarks/build_throughput.py --device cuda --batch 256 --workers 12 --images 4096
+    python benchmarks/performance/build_throughput.py                          # ResNet-50, 96 images, 3 rounds
+    python benchmarks/performance/build_throughput.py --teacher resnet18 --images 64    # quicker
+    python benchmarks/performance/build_throughput.py --teacher test_resnet --rounds 2  # smoke test, seconds
+    python benchmarks/performance/build_throughput.py --workers 1 --threads 1           # explore core sharing
+    python benchmarks/performance/build_throughput.py --device cuda --batch 256 --workers 12 --images 4096
 """
 
 from __future__ import annotations
@@ -46,19 +46,17 @@ import numpy as np
 import timm
 import torch
 
-# benchmarks/ is on sys.path when this file runs as a script.
-from view_engine import bench_images, machine_info
-
 from kdcache.data.wds_source import open_source
 from kdcache.distributed import World
 from kdcache.models.teacher import resolve_name
 from kdcache.teacher_cache.store import class_dtype, create_or_open_writer, open_cache
 from kdcache.teacher_cache.teacher_pass.config import BuildConfig
-from kdcache.teacher_cache.teacher_pass.loop import BuildItems, run_units
+from kdcache.teacher_cache.teacher_pass.loop import BuildBatches, run_units
 from kdcache.teacher_cache.teacher_pass.pipeline import prepare_build
 from kdcache.teacher_cache.teacher_pass.runner import TeacherRunner
 from kdcache.teacher_cache.teacher_pass.schedule import Unit, all_units, unit_batches
-from kdcache.views import collate_pairs
+from kdcache.testing.machine import machine_info
+from kdcache.testing.synthetic_images import bench_images
 
 
 # ---- set-up (not timed) -------------------------------------------------------------------------
@@ -129,10 +127,11 @@ class ProbedRunner:
 
 
 def pre_render(setup: BuildSetup) -> list[dict]:
-    """Every view of the build in memory, collated into the build's own batches (one process)."""
+    """Every view of the build in memory, in the build's own batches (one process): the dataset
+    ``run_units`` feeds its DataLoader, read in order."""
     items, batches = unit_batches(setup.units, setup.cfg.batch_size)
-    ds = BuildItems(setup.engine, items)
-    out = [collate_pairs([ds[i] for i in b]) for b in batches]
+    ds = BuildBatches(setup.engine, [(int(items[b[0], 0]), items[b, 1]) for b in batches])
+    out = [ds[i] for i in range(len(ds))]
     if setup.cfg.device.startswith("cuda"):  # the build's DataLoader pins host memory on CUDA
         for b in out:
             b["images"] = b["images"].pin_memory()
@@ -226,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             data=str(root),
             out=str(tmp / "cache"),
             format=args.backend,
+            epochs=1,  # one pass over --images; without it the recipe's training epochs (610) would be built
             topk=min(args.topk, num_classes),
             image_size=args.size,
             teacher_weights=str(weights),
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"setup   : {views} views at {args.size}px in {len(batches)} batches of <= {args.batch}, "
-            f"{len(setup.units)} unit(s) of <= {setup.manifest.unit_size} views, {cfg.backend} store, "
+            f"{len(setup.units)} unit(s) of <= {setup.manifest.unit_size} views, {cfg.format} store, "
             f"{args.rounds} rounds A/B/A/B"
         )
         print(

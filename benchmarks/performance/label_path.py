@@ -3,10 +3,10 @@
 What mode ``cached`` does with the labels every step: gather the batch's rows from an in-memory epoch
 block (``CacheBatchSource`` indexes ``block.topk_logprob[rows]``) and rebuild the 1000-class targets
 (``TeacherTarget.from_topk``). Format 2 only widens the rows (k + m columns, decoded when the epoch was
-loaded: ``benchmarks/epoch_load.py --tail-classes 10`` times that). Rows are synthetic sorted log-probs
+loaded: ``benchmarks/performance/epoch_load.py --tail-classes 10`` times that). Rows are synthetic sorted log-probs
 of an ImageNet-sized block; the timing does not depend on their values.
 
-    PYTHONPATH=. python benchmarks/label_path.py [--rows 1281166] [--batches 16,128]
+    python benchmarks/performance/label_path.py [--rows 1281166] [--batches 16,128]
 """
 
 from __future__ import annotations

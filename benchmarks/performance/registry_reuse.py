@@ -11,8 +11,8 @@ the dataset (its fingerprint), because both are part of the key. The report give
 median and the ratio reuse ÷ first. The teacher is a timm model at random init saved to a local
 file, as ``--teacher-weights`` loads it: no network.
 
-    python benchmarks/registry_reuse.py                              # ResNet-50 teacher, 512 images
-    python benchmarks/registry_reuse.py --teacher resnet18 --images 128 --rounds 3
+    python benchmarks/performance/registry_reuse.py                              # ResNet-50 teacher, 512 images
+    python benchmarks/performance/registry_reuse.py --teacher resnet18 --images 128 --rounds 3
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 import timm
 import torch
 
-# benchmarks/ is on sys.path when this file runs as a script.
-from view_engine import bench_images, machine_info
+from kdcache.testing.machine import machine_info
+from kdcache.testing.synthetic_images import bench_images
 
 
 def timed(cmd: list[str]) -> tuple[float, str]:
@@ -58,10 +58,11 @@ def main() -> None:
         torch.manual_seed(0)
         weights = tmp_path / "teacher.pth"
         torch.save(timm.create_model(args.teacher, pretrained=False, num_classes=10).state_dict(), weights)
+        # --epochs 1: without it a build makes the recipe's training epochs (610).
         build = [
             sys.executable, "-m", "kdcache", "build", "--teacher", args.teacher, "--teacher-weights", str(weights),
             "--data", str(data), "--cache-root", str(tmp_path / "root"), "--image-size", str(args.image_size),
-            "--workers", str(args.workers), "--batch-size", "32", "--no-progress",
+            "--workers", str(args.workers), "--batch-size", "32", "--epochs", "1", "--no-progress",
         ]  # fmt: skip
         first, err = timed(build)
         assert "new cache" in err, err

@@ -4,8 +4,8 @@ Measures, with tracemalloc, what ``unit_batches`` allocates for one rank's share
 epochs of ``--samples`` samples (the (epoch, pair) item array plus the per-batch index lists), and
 reports bytes per view of the share. docs/scale.md multiplies it out for the seed recipe.
 
-    python benchmarks/schedule_memory.py                        # ImageNet-1k, 2 epochs, 1 rank
-    python benchmarks/schedule_memory.py --epochs 4 --world 8 --batch-size 512
+    python benchmarks/performance/schedule_memory.py                        # ImageNet-1k, 2 epochs, 1 rank
+    python benchmarks/performance/schedule_memory.py --epochs 4 --world 8 --batch-size 512
 """
 
 from __future__ import annotations

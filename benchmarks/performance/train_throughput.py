@@ -22,23 +22,24 @@ each timed run pulls its batches from a fresh ``CacheBatchSource.epoch_batches``
 workers re-render and digest-check every view), takes ``--warmup`` untimed steps, then times
 ``--steps`` steps.
 
-Before timing, a small one-epoch cache is built with ``kdcache.teacher_cache.teacher_pass.pipeline.run_build`` over
-synthetic ImageNet-like JPEGs (``view_engine.make_imagefolder``; folders renamed to ImageNet WordNet
-ids so that the 1000-class teacher maps them) with a teacher at random init saved to a temporary .pth
-and passed as ``teacher_weights``, as a user passes ``--teacher-weights`` (no network needed). With mode
-cached-v2 a second cache (format 2) is built from the same data and teacher; the two hold the same views.
-The builds are not timed.
+Before timing, a small one-epoch cache is built with ``kdcache.teacher_cache.teacher_pass.pipeline.run_build``
+over synthetic ImageNet-like JPEGs (``kdcache.testing.synthetic_images.make_imagefolder``; folders renamed
+to ImageNet WordNet ids so that the 1000-class teacher maps them) with a teacher at random init saved to a
+temporary .pth and passed as ``teacher_weights``, as a user passes ``--teacher-weights`` (no network
+needed). With mode cached-v2 a second cache (format 2) is built from the same data and teacher; the two
+hold the same views. The builds are not timed.
 
 Modes run in rounds; each round runs every mode once, in an order rotated from round to round, so
 load from other processes hits every mode alike. The report gives per-round images/s, medians, and
 the medians of the per-round ratios.
 
-    python benchmarks/train_throughput.py                      # ResNet-50 / BEiT-base, CPU defaults
-    python benchmarks/train_throughput.py --rounds 5 --steps 6
-    python benchmarks/train_throughput.py --device cuda --amp bf16 --channels-last --batch 128 --workers 12
-    python benchmarks/train_throughput.py --student resnet18 --teacher vit_tiny_patch16_224 --batch 8  # quick
-    python benchmarks/train_throughput.py --modes none,cached,cached-v2 --tail-classes 10  # reading v1 vs v2
-    python benchmarks/train_throughput.py --format-version 2 --tail-classes 10              # cached reads v2
+    B=benchmarks/performance/train_throughput.py
+    python $B                                   # ResNet-50 / BEiT-base, CPU defaults
+    python $B --rounds 5 --steps 6
+    python $B --device cuda --amp bf16 --channels-last --batch 128 --workers 12
+    python $B --student resnet18 --teacher vit_tiny_patch16_224 --batch 8            # quick
+    python $B --modes none,cached,cached-v2 --tail-classes 10                        # reading v1 vs v2
+    python $B --format-version 2 --tail-classes 10                                   # cached reads v2
 """
 
 from __future__ import annotations
@@ -62,9 +63,6 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.task import LogitDistillationTask
 from timm.utils import dispatch_clip_grad
 
-# benchmarks/ is on sys.path when this file runs as a script.
-from view_engine import _proc_cpu_seconds, machine_info, make_imagefolder
-
 from kdcache.models.normalize import Normalize
 from kdcache.models.online_teacher import OnlineTeacher
 from kdcache.models.precision import amp_dtype
@@ -81,6 +79,8 @@ from kdcache.student.trainer import RunOptions, Trainer
 from kdcache.teacher_cache.store import open_cache
 from kdcache.teacher_cache.teacher_pass.config import DEFAULT_TAIL_CLASSES, BuildConfig
 from kdcache.teacher_cache.teacher_pass.pipeline import prepare_build, run_build
+from kdcache.testing.machine import machine_info, proc_cpu_seconds
+from kdcache.testing.synthetic_images import make_imagefolder
 from kdcache.views.replay import open_replay
 
 MODES = ("none", "cached", "cached-v2", "online", "timm")
@@ -126,7 +126,7 @@ def _sync(device: torch.device) -> None:
 
 def _cpu_seconds() -> float:
     """CPU time of this process and its live children (the DataLoader workers)."""
-    return time.process_time() + sum(_proc_cpu_seconds(p.pid) for p in multiprocessing.active_children())
+    return time.process_time() + sum(proc_cpu_seconds(p.pid) for p in multiprocessing.active_children())
 
 
 # ---- the ways to train --------------------------------------------------------------------------

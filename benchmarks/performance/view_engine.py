@@ -5,7 +5,8 @@ render + Mixup/CutMix pair + digest + param record) through a torch DataLoader, 
   build: the epoch's pairs in slot order, cut into batches of consecutive pairs (as the build
          schedules whole work units); params sampled.
   train: rank 0 of a simulated world of 8: each step's global batch of 8 x --batch views, of which
-         rank r takes the pairs j = r (mod 8) (issue 13's placement); stored records replayed.
+         rank r takes the pairs j = r (mod 8) (the trainer's placement, kdcache.student.batch.process_pairs);
+         stored records replayed.
 timm:    ``ImageDataset`` with ``create_transform(224, is_training=True, auto_augment='rand-m7-mstd0.5',
 interpolation='random', use_prefetcher=True)`` (uint8 output) and ``FastCollateMixup`` in 'pair'
 mode as collate: timm's real training loader path, minus the on-device normalisation that both
@@ -19,111 +20,31 @@ CPU time: user + sys of the main process (time.process_time) plus that of each D
 (from /proc/<pid>/stat, read before and after each pass; workers are persistent, so they are alive
 to be read, which RUSAGE_CHILDREN, counting only reaped children, would miss).
 
-    python benchmarks/view_engine.py [--images N] [--workers W] [--rounds R] [--batch B]
-    python benchmarks/view_engine.py --workers 0          # single process
-    python benchmarks/view_engine.py --breakdown          # also per-stage ms/view, one process
+    python benchmarks/performance/view_engine.py [--images N] [--workers W] [--rounds R] [--batch B]
+    python benchmarks/performance/view_engine.py --workers 0          # single process
+    python benchmarks/performance/view_engine.py --breakdown          # also per-stage ms/view, one process
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import PIL
-import timm
 import torch
-from PIL import Image, features
+from PIL import Image
 from timm.data import FastCollateMixup, ImageDataset, create_transform
 from torch.utils.data import DataLoader
 
 from kdcache.data import ImageFolderSource
 from kdcache.recipe import AugmentConfig
+from kdcache.testing.machine import machine_info, proc_cpu_seconds
+from kdcache.testing.synthetic_images import bench_images, make_imagefolder
 from kdcache.views import PairBatchDataset, ViewEngine, keep_collated
-
-# (width, height, weight): ImageNet-like shapes, landscape most common.
-_SHAPES = (
-    (500, 375, 8),
-    (375, 500, 3),
-    (500, 333, 4),
-    (333, 500, 1),
-    (500, 400, 2),
-    (500, 500, 2),
-    (400, 300, 1),
-    (640, 480, 1),
-    (800, 600, 1),
-)
-
-
-# ---- synthetic ImageNet-like data ---------------------------------------------------------------
-def _base_photos() -> list[Image.Image]:
-    try:
-        from sklearn.datasets import load_sample_images
-    except ImportError:
-        return []
-    return [Image.fromarray(a) for a in load_sample_images().images]
-
-
-def _smooth_noise(g: np.random.Generator, w: int, h: int) -> Image.Image:
-    """Multi-scale smoothed noise + a linear colour gradient + fine grain."""
-    acc = np.zeros((h, w, 3), np.float32)
-    for cells, amp in ((3, 2.2), (12, 1.2), (48, 0.6)):
-        lo = g.normal(0, 1, (cells, max(1, round(cells * w / h)), 3)) * 40 + 128
-        up = Image.fromarray(lo.clip(0, 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
-        acc += (np.asarray(up, np.float32) - 128) * amp
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    a = g.uniform(0, 2 * np.pi)
-    acc += (np.cos(a) * xx / w + np.sin(a) * yy / h)[..., None] * g.uniform(-80, 80, 3).astype(np.float32)
-    acc += 128 + g.normal(0, g.uniform(4, 10), (h, w, 3)).astype(np.float32)
-    return Image.fromarray(acc.clip(0, 255).astype(np.uint8))
-
-
-def _photo_crop(g: np.random.Generator, base: Image.Image, w: int, h: int) -> Image.Image:
-    """A random crop of a real photo, resized to (w, h), re-coloured, with sensor-like noise."""
-    bw, bh = base.size
-    s = g.uniform(0.35, 1.0)
-    cw, ch = int(bw * s), int(bh * s)
-    if cw / ch > w / h:
-        cw = int(ch * w / h)
-    else:
-        ch = int(cw * h / w)
-    x, y = int(g.integers(0, bw - cw + 1)), int(g.integers(0, bh - ch + 1))
-    im = base.resize((w, h), Image.Resampling.BICUBIC, box=(x, y, x + cw, y + ch))
-    if g.random() < 0.5:
-        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    arr = np.asarray(im, np.float32) * g.uniform(0.7, 1.2, 3).astype(np.float32)
-    arr += g.normal(0, g.uniform(4, 10), (h, w, 3)).astype(np.float32)
-    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
-
-
-def make_imagefolder(root: Path, n: int, num_classes: int, seed: int = 0) -> dict:
-    """Write n JPEGs (quality 90) into root/<class>/; returns size statistics."""
-    g = np.random.default_rng(seed)
-    photos = _base_photos()
-    weights = np.array([s[2] for s in _SHAPES], float)
-    nbytes, pixels = [], []
-    for i in range(n):
-        w, h, _ = _SHAPES[int(g.choice(len(_SHAPES), p=weights / weights.sum()))]
-        if photos and g.random() < 0.6:
-            im = _photo_crop(g, photos[int(g.integers(len(photos)))], w, h)
-        else:
-            im = _smooth_noise(g, w, h)
-        d = root / f"class_{i % num_classes:03d}"
-        d.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=90)
-        (d / f"img_{i:06d}.jpg").write_bytes(buf.getvalue())
-        nbytes.append(buf.tell())
-        pixels.append(w * h)
-    return {"mean_kb": np.mean(nbytes) / 1e3, "mean_mpix": np.mean(pixels) / 1e6, "photo_share": bool(photos)}
 
 
 # ---- the two pipelines --------------------------------------------------------------------------
@@ -219,19 +140,10 @@ def _views(b) -> int:
     return int(b["images"].shape[0]) if isinstance(b, dict) else int(b[0].shape[0])
 
 
-def _proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc); 0.0 where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _cpu_seconds(it) -> float:
     """CPU time of this process plus the iterator's DataLoader workers."""
     pids = [w.pid for w in getattr(it, "_workers", [])]
-    return time.process_time() + sum(_proc_cpu_seconds(p) for p in pids)
+    return time.process_time() + sum(proc_cpu_seconds(p) for p in pids)
 
 
 def timed_pass(loader: DataLoader, max_batches: int | None = None) -> tuple[int, float, float]:
@@ -359,46 +271,6 @@ def breakdown(root: Path, n: int, size: int, num_classes: int, batch: int) -> li
 
 
 # ---- report -------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def bench_images(data: Path | None, tmp: Path, n: int, num_classes: int) -> Path:
-    """``data`` if given, else ``n`` synthetic JPEGs written under ``tmp``; prints a 'data' line either way."""
-    if data is not None:
-        print(f"data    : {data}")
-        return data
-    root = tmp / "train"
-    t0 = time.perf_counter()
-    st = make_imagefolder(root, n, num_classes)
-    print(
-        f"data    : {n} synthetic JPEGs q90 in {num_classes} classes, "
-        f"mean {st['mean_mpix']:.3f} Mpix, {st['mean_kb']:.0f} KB ({time.perf_counter() - t0:.1f} s to write)"
-    )
-    return root
-
-
-def machine_info() -> list[str]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    turbo = features.version_feature("libjpeg_turbo") if features.check_feature("libjpeg_turbo") else "no"
-    return [
-        f"command : {shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}",
-        f"cpu     : {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), load avg {load[0]:.2f}",
-        f"python  : {platform.python_version()}  torch {torch.__version__} (threads {torch.get_num_threads()})  "
-        f"timm {timm.__version__}  pillow {PIL.__version__} (libjpeg-turbo {turbo})  numpy {np.__version__}",
-    ]
-
-
 def _median_row(rows: list[tuple]) -> tuple:
     return tuple(statistics.median(c) for c in zip(*rows, strict=True))
 

@@ -1,6 +1,6 @@
 """SIGKILL a build at random points, rerun it, and check the final content digest every time.
 
-    python benchmarks/kill_trials.py [--trials 5] [--seed 0]
+    python benchmarks/stress/kill_trials.py [--trials 5] [--seed 0]
 
 Prints one line per trial (when it was killed, how many units were complete) and exits non-zero if
 any resumed build differs from an uninterrupted one. A script, not a test: it takes minutes.
@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from kdcache.testing.fixtures import write_dataset, write_teacher
+from kdcache.testing.tiny_runs import tiny_build
 
-from build_helpers import tiny_build, write_dataset, write_teacher  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]  # the builds run from the repository root, as a user's would
 
 
 def build_cmd(data: Path, weights: Path, out: Path) -> list[str]:

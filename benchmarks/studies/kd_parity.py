@@ -1,11 +1,11 @@
 """Distillation parity where k < C: online KD vs. cached top-k KD vs. no KD, real 1000-class teacher.
 
 Views: kdcache's view engine (seed recipe, 224 px, RandAugment, Mixup/CutMix pairs) over
-label_fidelity.py's real photos, each filed under a WordNet-id folder: photo set A, view seed 1
-(train); held out: set A under view seed 3 (fresh views of the training photos) and set B, view
-seed 2 (photos never trained on). Rendered once; the teacher (tf_efficientnet_lite0, ImageNet
-weights, see label_fidelity.py) runs once on them in fp32 and its full logits are kept, with the
-uint8 views, in ``--views-cache`` (npz), so reruns skip both.
+label_fidelity.py's real photos (``kdcache.testing.photos``), each filed under a WordNet-id folder:
+photo set A, view seed 1 (train); held out: set A under view seed 3 (fresh views of the training
+photos) and set B, view seed 2 (photos never trained on). Rendered once; the teacher
+(tf_efficientnet_lite0, ImageNet weights, ``kdcache.testing.real_teacher``) runs once on them in fp32
+and its full logits are kept, with the uint8 views, in ``--views-cache`` (npz), so reruns skip both.
 
 Every way trains the same student (timm ``--student``, 1000 classes, from the same init for a given
 seed) on the same views, downscaled once to ``--px`` with torch bilinear interpolation (antialias),
@@ -18,14 +18,14 @@ only the teacher target differs:
 - ``topK+tailM``: the same of ``logits_to_topk(logits, K, M)``: format version 2's top-K plus the next
   M classes at 4-bit log-probs, exactly the rows a ``--format-version 2 --tail-classes M`` cache gives
   the trainer; ``v2`` is ``top10+tail10`` (the default tail);
-- ``pca``: top-10 + PCA tail (benchmarks/pca_tail.py, rank 16, int4, fitted on the training views);
+- ``pca``: top-10 + PCA tail (``kdcache.testing.pca_tail``, rank 16, int4, fitted on the training views);
 - ``none``: CE on the mixed, smoothed labels only (``KDLoss`` without a teacher: weight 1.0).
 
 Labels are the photos' WordNet folders mapped to the teacher's ImageNet indices
 (``class_map``, as ``kdcache build`` does). Reported on each held-out set, mean ± sample std over
 seeds: top-1 agreement of student and teacher, KL(teacher || student) (nats, teacher full softmax).
 
-    PYTHONPATH=. python benchmarks/kd_parity.py [--seeds 3] [--steps 64] [--ways online,top10,v2,top100,none]
+    python benchmarks/studies/kd_parity.py [--seeds 3] [--steps 64] [--ways online,top10,v2,top100,none]
 """
 
 from __future__ import annotations
@@ -42,16 +42,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import label_fidelity as lf
-import pca_tail
-
 from kdcache.data import ImageFolderSource
 from kdcache.recipe import load_recipe
 from kdcache.student.loss import KDLoss
 from kdcache.student.targets import TeacherTarget
 from kdcache.teacher_cache.store.topk import logits_to_topk
 from kdcache.teacher_cache.teacher_pass.classmap import class_map
+from kdcache.testing import pca_tail
+from kdcache.testing.photos import SET_A, SET_B, photo_set_layout, sample_photos, write_photos
+from kdcache.testing.real_teacher import RealTeacherUnavailable, load_efficientnet_lite0
 from kdcache.views import ViewEngine
 
 SETS = {"train": ("A", 1), "heldA": ("A", 3), "heldB": ("B", 2)}  # name -> (photo set, view seed)
@@ -82,10 +81,14 @@ def load_views(path: Path, n: dict[str, int]) -> dict[str, dict[str, np.ndarray]
             print(f"views and teacher logits from {path}", flush=True)
             return {s: {k: d[f"{s}_{k}"][: n[s]] for k in ("images", "logits", "y", "lam")} for s in SETS}
     t0 = time.perf_counter()
-    teacher, images, data = lf.load_teacher(), lf.photos(), {}
+    try:
+        teacher = load_efficientnet_lite0()
+    except RealTeacherUnavailable as e:
+        sys.exit(f"kd_parity.py: {e}")
+    images, data = sample_photos(), {}
     with tempfile.TemporaryDirectory() as tmp:
-        for folders, name in ((lf.SET_A, "A"), (lf.SET_B, "B")):
-            lf.write_folder(Path(tmp) / name, folders, images)
+        for folders, name in ((SET_A, "A"), (SET_B, "B")):
+            write_photos(Path(tmp) / name, photo_set_layout(folders), images)
         for s, (photo_set, seed) in SETS.items():
             root = Path(tmp) / photo_set
             cmap = class_map(ImageFolderSource(root).classes, teacher).as_array()

