@@ -63,12 +63,17 @@ def _check(config, expected: dict) -> None:
 def test_build_options_reach_build_config(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr("kdcache.cli.build.build_and_summarise", lambda cfg: seen.append(cfg) or "")
-    # --out and --cache exclude each other: every option in one of two runs
-    for skip in (("cache",), ("out",)):
-        args, expected = _invoke("build", [], tmp_path, skip)
+    # --out and --cache exclude each other, and so do format 2's --tail-classes and format 3's --draws: every
+    # option in one of two runs (the second asks for format 2 by hand)
+    for skip, extra in (
+        (("cache", "tail_classes"), []),
+        (("out", "draws", "format_version"), ["--format-version", "2"]),
+    ):
+        args, expected = _invoke("build", extra, tmp_path, skip)
         res = CliRunner().invoke(cli, ["build", *args], catch_exceptions=False)
         assert res.exit_code == 0, res.output
         _check(seen[-1], expected)
+    assert {seen[0].format_version, seen[1].format_version} == {3, 2}
 
 
 def test_train_options_reach_train_config(tmp_path, monkeypatch):

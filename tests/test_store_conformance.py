@@ -575,3 +575,115 @@ def test_format_2_writer_refuses_a_tail_off_the_grid_and_commits_nothing(loc, ba
     assert open_storage(loc("c")).total_size() == size  # not one byte of the unit was written
     w.write_unit(0, 1, good)  # and the unit can still be written
     assert open_cache(loc("c"), allow_unfinished=True).read_unit(0, 1).equals(good)
+
+
+# ---- format version 3: an exact top-k plus systematic draws from the rest (store/draws.py) ------------------
+V3_K, V3_M = 3, 8
+
+
+def make_v3_manifest(backend: str):
+    m = synthetic_manifest(backend=backend, num_samples=301, unit_size=64, epochs=1, num_classes=50, topk=V3_K)
+    return m.replace(format_version=3, draws=V3_M)
+
+
+@pytest.fixture(scope="module")
+def v3_content() -> dict[tuple[int, int], UnitData]:
+    """Synthetic views whose teacher is a wide synthetic top-20 (rest spread evenly), stored as format 3 rows:
+    its exact top-3 plus 8 keyed draws from the rest."""
+    from kdcache.teacher_cache.store.draws import draw_uniforms, systematic_draws, with_draws
+    from kdcache.teacher_cache.store.topk import topk_to_probs
+    from kdcache.teacher_cache.store.units import unit_slots
+
+    wide = synthetic_manifest(num_samples=301, unit_size=64, epochs=1, num_classes=50, topk=20)
+    m = make_v3_manifest("zarr")
+    out = {}
+    for u in range(num_units(m)):
+        d = synthetic_unit(wide, 0, u, peak=4.0)
+        full = np.log(topk_to_probs(d.topk_logprob, d.topk_class, 50).astype(np.float64))
+        a, b = unit_slots(m, u)
+        exact = d.topk_class[:, :V3_K]
+        drawn = systematic_draws(full, exact, V3_M, draw_uniforms(m.seed, 0, np.arange(a, b)))
+        lp, cls = with_draws(d.topk_logprob[:, :V3_K], exact, drawn.astype(exact.dtype))
+        out[(0, u)] = UnitData(**{**d.arrays(), "topk_logprob": lp, "topk_class": cls})
+    return out
+
+
+def write_v3(path, backend: str, content) -> None:
+    w = create_or_open_writer(path, make_v3_manifest(backend))
+    for e, u in sorted(content):
+        w.write_unit(e, u, content[(e, u)])
+    w.finalize()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_format_3_round_trip_of_every_field(loc, backend, v3_content):
+    write_v3(loc("c"), backend, v3_content)
+    r = open_cache(loc("c"))
+    m = r.manifest
+    assert (m.format_version, m.topk, m.draws, m.label_width) == (3, V3_K, V3_M, V3_K + V3_M)
+    assert r.manifest == make_v3_manifest(backend).replace(created=m.created, epochs_complete=(0,))
+    block = r.load_epoch(0)
+    assert block.topk_logprob.shape == block.topk_class.shape == (300, V3_K + V3_M)
+    assert block.equals(expected_epoch(v3_content, 0))
+    assert r.read_unit(0, 4).equals(v3_content[(0, 4)])  # the short last unit
+    # the content has teeth: classes drawn several times, and rows drawing many different classes
+    drawn = block.topk_class[:, V3_K:]
+    assert (np.diff(drawn, axis=1) == 0).any() and max(len(set(row)) for row in drawn.tolist()) >= 5
+
+
+def test_format_3_content_hash_is_identical_across_backends_and_sees_a_draw(tmp_path, v3_content):
+    import uuid
+
+    remote = f"memory://kdc-{uuid.uuid4().hex[:12]}"
+    places = [(tmp_path / "z", "zarr"), (tmp_path / "w", "wds"), (f"{remote}/z", "zarr"), (f"{remote}/w", "wds")]
+    digests = set()
+    for place, backend in places:
+        write_v3(place, backend, v3_content)
+        digests.add(content_hash(open_cache(place)))
+    assert len(digests) == 1
+    changed = dict(v3_content)
+    cls = v3_content[(0, 2)].topk_class.copy()
+    row = int(np.flatnonzero(cls[:, -1] < 49)[0])
+    free = [c for c in range(cls[row, -1] + 1, 50) if c not in cls[row, :V3_K]]
+    cls[row, -1] = free[0]  # the last draw moves up a class: still sorted, still outside the top-k
+    changed[(0, 2)] = UnitData(**{**v3_content[(0, 2)].arrays(), "topk_class": cls})
+    write_v3(tmp_path / "changed", "zarr", changed)
+    assert content_hash(open_cache(tmp_path / "changed")) not in digests
+
+
+def test_format_3_stores_the_draws_as_gaps_that_plain_zarr_and_tar_readers_see(tmp_path, v3_content):
+    import io
+    import tarfile
+
+    import zarr
+
+    from kdcache.teacher_cache import stream_views
+
+    block = expected_epoch(v3_content, 0)
+    write_v3(tmp_path / "z", "zarr", v3_content)
+    gaps = zarr.open_array(str(tmp_path / "z" / "e00000" / "draw_gap"), mode="r")[:]
+    assert gaps.shape == (300, V3_M) and (gaps[:, 1:] >= 0).all()
+    np.testing.assert_array_equal(np.cumsum(gaps, axis=1), block.topk_class[:, V3_K:])
+    write_v3(tmp_path / "w", "wds", v3_content)
+    with tarfile.open(tmp_path / "w" / "e00000" / "u000001.tar") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    np.testing.assert_array_equal(np.load(io.BytesIO(members["e00000u000001.draw_gap.npy"])), gaps[64:128])
+    assert json.loads(members["e00000u000001.meta.json"])["format_version"] == 3
+    views = list(stream_views(tmp_path / "w"))
+    np.testing.assert_array_equal(np.stack([v["topk_class"] for v in views]), block.topk_class)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_format_3_writer_refuses_rows_no_build_makes_and_commits_nothing(loc, backend, v3_content):
+    w = create_or_open_writer(loc("c"), make_v3_manifest(backend))
+    w.write_unit(0, 0, v3_content[(0, 0)])
+    size = open_storage(loc("c")).total_size()
+    good = v3_content[(0, 1)]
+    lp = good.topk_logprob.copy()
+    lp[3, V3_K] = np.nextafter(lp[3, V3_K], np.float16(-np.inf))  # a draw's value one ulp off the derived one
+    with pytest.raises(ValueError, match="log\\(rest / draws\\)"):
+        w.write_unit(0, 1, UnitData(**{**good.arrays(), "topk_logprob": lp}))
+    assert w.completed_units() == {(0, 0)}
+    assert open_storage(loc("c")).total_size() == size
+    w.write_unit(0, 1, good)
+    assert open_cache(loc("c"), allow_unfinished=True).read_unit(0, 1).equals(good)

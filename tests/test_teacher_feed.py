@@ -159,14 +159,14 @@ def test_build_names_slow_views(setup, tmp_path, monkeypatch):
 
     # Even a 32 px forward of the tiny teacher can take ~0.5 s on a loaded 2-core machine: the teacher
     # answers instantly here (uniform top-k), so only the loop's timing of the views is under test.
-    def instant_topk(self, images):
+    def instant_topk(self, images, epoch=0, slots=None):
         n = images.shape[0]
         return np.full((n, self.k), -np.log(3), np.float16), np.tile(np.arange(self.k), (n, 1))
 
-    def instant_topk_and_fidelity(self, images):
+    def instant_topk_and_fidelity(self, images, epoch=0, slots=None):
         lp, cls = instant_topk(self, images)
         n = images.shape[0]
-        return lp, cls, np.zeros(n, np.float32), np.zeros(n, np.float32)
+        return lp, cls, (np.zeros(n, np.float32), np.zeros(n, np.float32)), None
 
     monkeypatch.setattr(TeacherRunner, "topk", instant_topk)
     # the build also measures fidelity, through this entry point

@@ -58,20 +58,27 @@ if TYPE_CHECKING:  # the command's modules load lazily (kdcache/cli/main.py)
     show_default=True,
     type=click.IntRange(min=1),
     help="Classes per view stored with their exact (fp16) probability; the rest of the mass (after format "
-    "2's tail) is spread evenly over the other classes.",
+    "2's tail) is spread evenly over the other classes, or (format 3) carried by --draws draws from it.",
 )
 @click.option(
     "--format-version",
-    type=click.IntRange(1, 2),
+    type=click.IntRange(1, 3),
     default=1,
     show_default=True,
     help="Cache format. 2 adds a tail: the next --tail-classes classes with 4-bit log-probs (~14 B/view "
-    "more at 1000 classes; cuts the soft labels' KL to the teacher by about a third, docs/cache-format.md).",
+    "more at 1000 classes; cuts the soft labels' KL to the teacher by about a third). 3 adds --draws classes "
+    "drawn from the rest of the teacher's distribution: unbiased, they average to the teacher "
+    "(docs/cache-format.md).",
 )
 @click.option(
     "--tail-classes",
     type=click.IntRange(min=1),
     help="Format 2 only: classes stored after the top-k, 4 bits each [10].",
+)
+@click.option(
+    "--draws",
+    type=click.IntRange(min=1),
+    help="Format 3 only: systematic draws per view from the teacher's distribution outside the top-k [32].",
 )
 @click.option("--image-size", type=click.IntRange(8, 4096), help="View size in pixels [recipe: 224].")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1), help="Seed of every view.")

@@ -61,6 +61,7 @@ def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
         "image_size": m.image_size,
         "topk": m.topk,
         "tail_classes": m.tail_classes,
+        "draws": m.draws,
         "seed": m.seed,
         "repeats": m.repeats,
         "recipe": m.recipe.get("name"),
@@ -100,6 +101,7 @@ def layer_summary(lid: str | None, reader: Any, digest: bool = True) -> dict[str
         "topk": reader.manifest.topk,
         "format_version": reader.manifest.format_version,
         "tail_classes": reader.manifest.tail_classes,
+        "draws": reader.manifest.draws,
         "labels": reader.manifest.label_scheme,
         "finished": reader.finished,
         "epochs_complete": reader.epochs_complete,
@@ -165,4 +167,9 @@ def _labels_line(s: dict) -> str:
     line = f"top-{s['topk']} of {s['num_classes']} classes (fp16 log-probs)"
     if s.get("tail_classes"):
         line += f" + the next {s['tail_classes']} at 4 bits (format 2 tail)"
+    if s.get("draws"):
+        line += (
+            f" + {s['draws']} systematic draws from the rest (format 3: unbiased, averages to the teacher; "
+            f"noise of {s['draws']} draws per view)"
+        )
     return line

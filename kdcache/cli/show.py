@@ -169,6 +169,7 @@ def draw_views(
         d = ImageDraw.Draw(tile)
         lines = [f"{t['name'][:24]} {t['prob']:.3f}" for t in view["topk"][:3]]
         stored = f"top-{len(view['topk'])}" + (f"+{len(view['tail'])}" if view.get("tail") else "")
+        stored += f"+{sum(d['count'] for d in view['draws'])} draws" if view.get("draws") else ""
         lines.append(f"outside {stored}: {view['other_mass']:.3f}")
         for i, line in enumerate(lines):
             d.text((2, w + 2 + i * LINE_HEIGHT), line, fill="black")
@@ -202,8 +203,20 @@ def describe_view(m: Any, epoch: int, slot: int, rows: Any, i: int, names: Any) 
         "topk": entries[: m.topk],
         # format 2: the next classes, their probabilities decoded from 4-bit codes (docs/cache-format.md)
         **({"tail": entries[m.topk :]} if m.tail_classes else {}),
+        # format 3: the classes drawn from the rest, with how often (each draw carries rest / M)
+        **({"draws": _drawn(entries[m.topk :])} if m.draws else {}),
         "other_mass": round(max(0.0, 1.0 - float(probs.sum())), 6),
     }
+
+
+def _drawn(columns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Format 3's draw columns, one entry per drawn class: its count and the mass the draws give it."""
+    out: dict[int, dict[str, Any]] = {}
+    for c in columns:
+        e = out.setdefault(c["class"], {"class": c["class"], "name": c["name"], "count": 0, "prob": 0.0})
+        e["count"] += 1
+        e["prob"] = round(e["prob"] + c["prob"], 6)
+    return sorted(out.values(), key=lambda e: (-e["count"], e["class"]))
 
 
 def _sample_names(m: Any, data: str | None) -> Any:
@@ -248,5 +261,11 @@ def _text(v: dict[str, Any]) -> str:
     top = ", ".join(f"{t['name']} ({t['class']}) {t['prob']:.4f}" for t in v["topk"])
     if v.get("tail"):
         top += "; tail (4-bit) " + ", ".join(f"{t['name']} ({t['class']}) ~{t['prob']:.4f}" for t in v["tail"])
+    if v.get("draws"):
+        drawn = sum(d["count"] for d in v["draws"])
+        top += f"; {drawn} draws from the rest: " + ", ".join(
+            f"{d['name']} ({d['class']}) x{d['count']}" for d in v["draws"][:8]
+        )
+        top += " ..." if len(v["draws"]) > 8 else ""
     lines.append(f"  teacher  {top}; other classes {v['other_mass']:.4f}")
     return "\n".join(lines)

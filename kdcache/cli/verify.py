@@ -75,6 +75,12 @@ def verify(
                     if 0 >= report.max_tail_excess > float("-inf")
                     else ""
                 )
+                + (
+                    f"; format 3: {report.draws_checked} draws checked against the fresh distribution, "
+                    f"{report.knife_edges} within float error of a class boundary (accepted)"
+                    if report.draws_checked
+                    else ""
+                )
             )
     if ok and not mismatches:
         click.echo("OK")

@@ -74,13 +74,22 @@ class _MappedVal:
             yield images, self.mapping[labels]
 
 
-def check_temperature(kd: str, temperature: float, topk: int, num_classes: int) -> None:
-    """Refuse cached KD at T != 1 from a partial top-k.
+def check_temperature(kd: str, temperature: float, topk: int, num_classes: int, draws: int = 0) -> None:
+    """Refuse cached KD at T != 1 from a partial top-k, or from draws.
 
     The leftover mass is spread evenly over the unstored classes. At T = 1 that is the reconstruction
     the build measures (fidelity.json); at T != 1, softmax(log q / T) sharpens or flattens a tail whose
     shape was never stored, so it is not the teacher's softmax(z / T) and nothing measured it.
+    Format 3's draws were made from the teacher's distribution at T = 1 (every build stores T = 1):
+    their counts average to that distribution, and a power of an average is not the average of powers.
     """
+    if kd == "cached" and temperature != 1.0 and draws:
+        raise UsageError(
+            f"train.temperature is {temperature:g} but the cache's soft labels are draws from the teacher's "
+            "distribution at temperature 1, which only average to the teacher at temperature 1. Train at "
+            "temperature 1, use --kd online, or build a cache of format 1 with --topk "
+            f"{num_classes} (every class)."
+        )
     if kd == "cached" and temperature != 1.0 and topk < num_classes:
         raise UsageError(
             f"train.temperature is {temperature:g} but the cache stores only {topk} of {num_classes} "
@@ -137,7 +146,8 @@ def run_train(
         recipe = resolve_recipe(args, m.recipe)
         recipe.train.per_process_batch(world.size)  # refuses odd or indivisible batches up front
         for t in teachers:
-            check_temperature(args.kd, recipe.train.temperature, t.reader.manifest.label_width, m.num_classes)
+            tm = t.reader.manifest
+            check_temperature(args.kd, recipe.train.temperature, tm.label_width, m.num_classes, tm.draws)
         engine = open_replay(m, args.data)
         epochs = common_epochs(reader, [t.reader for t in teachers])  # not cached: the cache's own teacher alone
         info = [

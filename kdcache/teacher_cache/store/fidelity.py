@@ -224,7 +224,7 @@ def write_summary(storage: Storage, stats: FidelityStats, manifest: Manifest) ->
         "histogram": json.loads(stats.to_json()),
     }
     storage.write(FIDELITY, (json.dumps(doc, indent=1) + "\n").encode())
-    return stats.summary()
+    return {**stats.summary(), **({"draws": m.draws} if m.draws else {})}
 
 
 def read_summary(storage: Storage) -> dict[str, Any] | None:

@@ -21,8 +21,10 @@ def build_command(cfg: BuildConfig) -> str:
     parts = ["kdcache", "build", "--teacher", cfg.teacher, "--data", cfg.data, "--format", cfg.format]
     parts += ["--epochs", str(cfg.resolved_epochs()), "--seed", str(cfg.seed), "--topk", str(cfg.topk)]
     parts += ["--recipe", cfg.recipe]
-    if cfg.format_version != 1:
-        parts += ["--format-version", str(cfg.format_version), "--tail-classes", str(cfg.tail())]
+    if cfg.format_version == 2:
+        parts += ["--format-version", "2", "--tail-classes", str(cfg.tail())]
+    if cfg.format_version == 3:
+        parts += ["--format-version", "3", "--draws", str(cfg.draws_per_view())]
     for flag, value in (("--repeats", cfg.repeats), ("--image-size", cfg.image_size)):
         if value is not None:
             parts += [flag, str(value)]

@@ -12,6 +12,8 @@ from kdcache.models.precision import amp_dtype, has_split_head, precision_name
 
 # Format 2's tail: ranks 11-20 after a top-10 keep a 1000-class cache near 64 B/view (docs/benchmarks.md).
 DEFAULT_TAIL_CLASSES = 10
+# Format 3's draws from the rest of the distribution (store/draws.py; docs/benchmarks.md for the choice).
+DEFAULT_DRAWS = 32
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,9 @@ class BuildConfig:
     epochs: int | None = None  # None: the recipe's training epochs (a student should not cycle a short cache)
     repeats: int | None = None  # None: the recipe's
     topk: int = 10
-    format_version: int = 1  # 2: the top-k plus a tail of 4-bit log-probs (store/labels.py)
+    format_version: int = 1  # 2: the top-k plus a tail of 4-bit log-probs (store/labels.py); 3: plus draws
     tail_classes: int | None = None  # format 2's tail; None: DEFAULT_TAIL_CLASSES
+    draws: int | None = None  # format 3's draws from the rest (store/draws.py); None: DEFAULT_DRAWS
     image_size: int | None = None  # None: the recipe's
     seed: int = 0
     recipe: str = "seed"
@@ -53,12 +56,20 @@ class BuildConfig:
             raise UsageError(f"--epochs must be >= 1, got {self.epochs}")
         if self.topk < 1:
             raise UsageError(f"--topk must be >= 1, got {self.topk}")
-        if self.format_version not in (1, 2):
-            raise UsageError(f"--format-version must be 1 or 2, got {self.format_version}")
-        if self.tail_classes is not None and self.format_version == 1:
+        if self.format_version not in (1, 2, 3):
+            raise UsageError(f"--format-version must be 1, 2 or 3, got {self.format_version}")
+        if self.tail_classes is not None and self.format_version != 2:
             raise UsageError(
-                "--tail-classes needs --format-version 2 (format 1 stores only the top-k); add --format-version 2"
+                f"--tail-classes needs --format-version 2 (format {self.format_version} stores no tail); add "
+                "--format-version 2"
             )
+        if self.draws is not None and self.format_version != 3:
+            raise UsageError(
+                f"--draws needs --format-version 3 (format {self.format_version} stores no draws); add "
+                "--format-version 3"
+            )
+        if self.draws is not None and self.draws < 1:
+            raise UsageError(f"--draws must be >= 1, got {self.draws}")
         if self.tail_classes is not None and self.tail_classes < 1:
             raise UsageError(f"--tail-classes must be >= 1, got {self.tail_classes}")
         if self.batch_size < 2 or self.batch_size % 2:
@@ -90,9 +101,15 @@ class BuildConfig:
 
     def tail(self) -> int:
         """Classes stored after the top-k: 0 in format 1."""
-        if self.format_version == 1:
+        if self.format_version != 2:
             return 0
         return DEFAULT_TAIL_CLASSES if self.tail_classes is None else self.tail_classes
+
+    def draws_per_view(self) -> int:
+        """Draws from the rest of the distribution stored per view: 0 unless format 3."""
+        if self.format_version != 3:
+            return 0
+        return DEFAULT_DRAWS if self.draws is None else self.draws
 
     def amp_dtype(self) -> torch.dtype | None:
         amp = self.amp

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from kdcache.bottleneck import TEACHER_REMEDY, FeedTimes, feed_report
 from kdcache.distributed import World
 from kdcache.teacher_cache.store import EpochBlock, open_cache
-from kdcache.teacher_cache.store.fidelity import FidelityStats
+from kdcache.teacher_cache.store.fidelity import DRAW_STATS, STATS, FidelityStats
 from kdcache.teacher_cache.teacher_pass.assembler import UnitAssembler
 from kdcache.teacher_cache.teacher_pass.config import BuildConfig
 from kdcache.teacher_cache.teacher_pass.runner import TeacherRunner
@@ -164,7 +164,7 @@ def run_units(
         persistent_workers=False,
         prefetch_factor=4 if cfg.workers else None,
     )
-    assembler = UnitAssembler(cfg.topk + cfg.tail(), engine.record_width, class_dtype)
+    assembler = UnitAssembler(cfg.topk + cfg.tail() + cfg.draws_per_view(), engine.record_width, class_dtype)
     total = int(items.shape[0]) * 2
     bar = tqdm(
         total=total,
@@ -190,17 +190,19 @@ def run_units(
             unit = units[int(unit_of_item[batch_idx[0]])]
             # .cpu() of the results syncs the device, so the clock holds the forward
             if write_stats is None:
-                lp, cls = runner.topk(batch["images"])
+                lp, cls = runner.topk(batch["images"], unit.epoch, batch["slots"])
             else:
-                lp, cls, outside, kl = runner.topk_and_fidelity(batch["images"])
+                lp, cls, figures, diff = runner.topk_and_fidelity(batch["images"], unit.epoch, batch["slots"])
                 # batches never cross a unit boundary, so the unit's figures are complete with its rows
-                fidelity.setdefault((unit.epoch, unit.index), FidelityStats()).add(outside, kl)
+                names = DRAW_STATS if runner.draws else STATS
+                fidelity.setdefault((unit.epoch, unit.index), FidelityStats(names=names)).add(*figures, diff=diff)
             teacher_s += time.perf_counter() - ts
             arrays = assembler.add(unit, batch, lp, cls.astype(class_dtype))
             if arrays is not None:
                 pending.append(pool.submit(write_unit, unit.epoch, unit.index, arrays))
                 if write_stats is not None:  # after the commit: figures never describe an uncommitted unit
                     unit_stats = fidelity.pop((unit.epoch, unit.index))
+                    unit_stats.close_unit()
                     pending.append(pool.submit(write_stats, unit.epoch, unit.index, unit_stats))
                 done_units += 1
                 # Bound memory: at most two units waiting on the writer; surface write errors early.

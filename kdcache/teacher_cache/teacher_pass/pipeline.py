@@ -29,7 +29,14 @@ from kdcache.teacher_cache.store import (
     open_cache,
     read_manifest,
 )
-from kdcache.teacher_cache.store.fidelity import format_summary, merge_unit_stats, write_summary, write_unit_stats
+from kdcache.teacher_cache.store.fidelity import (
+    DRAW_STATS,
+    STATS,
+    format_summary,
+    merge_unit_stats,
+    write_summary,
+    write_unit_stats,
+)
 from kdcache.teacher_cache.store.layers import layer_id, layer_storage, teacher_label, view_differences
 from kdcache.teacher_cache.store.layout import BUILD_HEADER, MANIFEST
 from kdcache.teacher_cache.teacher_pass.classmap import class_map
@@ -151,6 +158,7 @@ def prepare_build(cfg: BuildConfig) -> PreparedBuild:
         seed=cfg.seed,
         topk=cfg.topk,
         tail_classes=cfg.tail(),
+        draws=cfg.draws_per_view(),
         class_names=list(cmap.class_names),
         dataset={
             "fingerprint": source.fingerprint,
@@ -169,10 +177,15 @@ def prepare_build(cfg: BuildConfig) -> PreparedBuild:
 
 
 def _check_label_width(cfg: BuildConfig, num_classes: int) -> None:
-    """--topk and --tail-classes against the teacher's classes, named as the user typed them."""
+    """--topk, --tail-classes and --draws against the teacher's classes, named as the user typed them."""
     if cfg.topk > num_classes:
         raise UsageError(
             f"--topk {cfg.topk} exceeds the teacher's {num_classes} classes; --topk {num_classes} stores every class"
+        )
+    if cfg.draws_per_view() and cfg.topk == num_classes:
+        raise UsageError(
+            f"--topk {cfg.topk} already stores all {num_classes} classes exactly: format 3's draws have nothing "
+            "to draw from; drop --format-version 3"
         )
     tail = cfg.tail()
     if tail and cfg.topk == num_classes:
@@ -249,7 +262,7 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
         final = writer.finalize()
         reader = open_cache(store)
         # Bookkeeping after the manifest: merged over every committed unit, whichever run measured it.
-        merged = merge_unit_stats(storage, reader.completed_units())
+        merged = merge_unit_stats(storage, reader.completed_units(), DRAW_STATS if manifest.draws else STATS)
         fidelity = write_summary(storage, merged, manifest)
         outcome = _outcome(before, cfg.epochs, bool(completed), bool(pending))
         return BuildResult(

@@ -10,6 +10,7 @@ import torch
 from kdcache.models.normalize import Normalize
 from kdcache.models.precision import FP32, TeacherForward, parse_precision
 from kdcache.models.teacher import TeacherError, create_teacher
+from kdcache.teacher_cache.store.draws import check_draws, draw_uniforms
 from kdcache.teacher_cache.store.tail import GUARD_SLACK, guard_margin, tail_bounds
 from kdcache.views.replay import Mismatch, open_replay, replay_sample
 
@@ -51,6 +52,8 @@ class VerifyReport:
     teacher_checked: int = 0
     max_prob_diff: float = 0.0
     max_tail_excess: float = float("-inf")  # format 2: nats beyond the log tolerance (<= 0 when all fit)
+    draws_checked: int = 0  # format 3: draws checked against a fresh teacher's distribution
+    knife_edges: int = 0  # ... of which lay within float error of a class boundary, and were accepted
     precision: str = FP32
     tolerance: float = PROB_TOLERANCE
     mismatches: list[Mismatch] = field(default_factory=list)
@@ -84,7 +87,7 @@ def verify_cache(
                 rendered.append(r)
         if runner is not None and rendered:
             for i in range(0, len(rendered), max(1, batch_size // 2)):
-                _check_teacher(runner, rendered[i : i + batch_size // 2], block, engine, report, m.topk)
+                _check_teacher(runner, rendered[i : i + batch_size // 2], block, engine, report, m)
     return report
 
 
@@ -109,13 +112,17 @@ def _teacher(m, weights: str | None, device: str, precision: str):
     return probs
 
 
-def _check_teacher(runner, rendered, block, engine, report: VerifyReport, topk: int) -> None:
+def _check_teacher(runner, rendered, block, engine, report: VerifyReport, m) -> None:
     """Exact top-k: within the tolerance of a fresh forward. Format 2's tail (:func:`_tail_excess`): each
-    fresh log-prob lies in its code's bin. No class outside the stored ones may beat the last stored one."""
+    fresh log-prob lies in its code's bin. Format 3's draws (:func:`_check_draws`): each lies under its
+    point of the fresh distribution. No class outside the ranked ones may beat the last ranked one."""
     images = np.concatenate([r.images for r in rendered])
     slots = [s for r in rendered for s in r.slots]
     fresh = runner(images)
+    topk = m.topk
     tol, log_tol = report.tolerance, log_tolerance(report.precision)
+    if m.draws:
+        _check_draws(fresh, slots, block, engine, report, m)
     for row, slot in enumerate(slots):
         lp = block.topk_logprob[slot]
         stored_p = np.exp(lp[:topk].astype(np.float64))
@@ -123,11 +130,11 @@ def _check_teacher(runner, rendered, block, engine, report: VerifyReport, topk: 
         p = fresh[row, cls].astype(np.float64)
         diff = float(np.max(np.abs(p[:topk] - stored_p)))
         ceiling, tail = stored_p.min(), None
-        if lp.shape[0] > topk:
+        if m.tail_classes:
             tail, high = _tail_excess(lp, p, topk, tol, log_tol)
             ceiling = np.exp(high)  # the last stored class is at most this likely, so no other class may be more
             report.max_tail_excess = max(report.max_tail_excess, tail[0])
-        others = np.delete(fresh[row], cls)
+        others = np.delete(fresh[row], cls[: m.ranked])
         intruder = float(others.max() - ceiling) if others.size else -1.0
         report.teacher_checked += 1
         report.max_prob_diff = max(report.max_prob_diff, diff)
@@ -148,6 +155,29 @@ def _check_teacher(runner, rendered, block, engine, report: VerifyReport, topk: 
         if what is not None:
             sid = int(block.sample_id[slot])
             report.mismatches.append(Mismatch(block.epoch, slot, sid, engine.source.name(sid), what))
+
+
+def _check_draws(fresh: np.ndarray, slots: list[int], block, engine, report: VerifyReport, m) -> None:
+    """Each stored draw against the fresh distribution at its view's offset; a draw within the probability
+    tolerance of its class's interval (a knife edge: its point is within float error of a boundary) is
+    accepted and counted."""
+    rows = np.asarray(slots)
+    stored_cls = block.topk_class[rows].astype(np.int64)
+    logprobs = np.log(np.maximum(fresh.astype(np.float64), np.finfo(np.float64).tiny))
+    u = draw_uniforms(m.seed, block.epoch, rows)
+    wrong, knife = check_draws(logprobs, stored_cls[:, : m.topk], stored_cls[:, m.topk :], u, report.tolerance)
+    report.draws_checked += int(wrong.size)
+    report.knife_edges += int(knife.sum())
+    for row in np.flatnonzero(wrong.any(axis=1)):
+        j = int(np.flatnonzero(wrong[row])[0])
+        slot = int(rows[row])
+        sid = int(block.sample_id[slot])
+        what = (
+            f"draw {j + 1} of {m.draws} (class {int(stored_cls[row, m.topk + j])}) does not lie under its point "
+            f"of a fresh teacher's distribution outside the top-{m.topk} ({int(wrong[row].sum())} draw(s) of this "
+            f"view differ; tolerance {report.tolerance:g}, teacher {report.precision})"
+        )
+        report.mismatches.append(Mismatch(block.epoch, slot, sid, engine.source.name(sid), what))
 
 
 def _tail_excess(lp: np.ndarray, p: np.ndarray, topk: int, tol: float, log_tol: float):
