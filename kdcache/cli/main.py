@@ -8,8 +8,8 @@ import os
 
 import click
 
-from kdcache import __version__
 from kdcache.cli.common import DEBUG_ENV
+from kdcache.version import __version__
 
 # name -> "module:function"
 COMMANDS: dict[str, str] = {

@@ -63,6 +63,7 @@ class CacheBatchSource:
         workers: int = 2,
         with_topk: bool = True,
         teachers: Sequence[tuple[Any, float]] | None = None,
+        pin_memory: bool = False,
     ):
         """``teachers``: (layer reader, weight) of each chosen teacher (kdcache.student.teachers); None:
         the cache's own soft labels alone, exactly as a cache without layers. The views always come
@@ -75,6 +76,7 @@ class CacheBatchSource:
         self.rank, self.world_size = rank, world_size
         self.workers = workers
         self.with_topk = with_topk
+        self.pin_memory = pin_memory
         self.epochs = sorted(reader.epochs_complete)
         if not self.epochs:
             raise UsageError(
@@ -158,6 +160,7 @@ class CacheBatchSource:
             num_workers=self.workers,
             collate_fn=keep_collated,
             persistent_workers=False,
+            pin_memory=self.pin_memory,
         )
         m = self.engine.n_ops, self.engine.augment.image_size
         for collated in loader:

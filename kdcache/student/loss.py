@@ -21,6 +21,7 @@ class LossParts:
     kd: torch.Tensor | None = None
 
     def detached(self) -> dict[str, torch.Tensor]:
+        """The parts as detached scalars keyed loss, ce (and kd): what logs and progress bars show."""
         out = {"loss": self.total.detach(), "ce": self.ce.detach()}
         if self.kd is not None:
             out["kd"] = self.kd.detach()
@@ -83,6 +84,7 @@ class KDLoss(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, num_classes: int) -> KDLoss:
+        """The loss of a recipe's training part (``recipe.train``): its weights, temperature and smoothing."""
         return cls(num_classes, cfg.kd_weight, cfg.ce_weight, cfg.temperature, cfg.label_smoothing)
 
     def forward(
@@ -93,6 +95,8 @@ class KDLoss(nn.Module):
         lam: torch.Tensor,
         teacher: TeacherTarget | None = None,
     ) -> LossParts:
+        """The loss of student ``logits`` (B, C) on mixed views with labels ``y_a``/``y_b`` and base share
+        ``lam``; ``teacher``: the target of the same views (None: the CE term alone, weight 1)."""
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be (B, {self.num_classes}), got {tuple(logits.shape)}")
         target = mixed_smooth_target(y_a, y_b, lam, self.num_classes, self.label_smoothing)

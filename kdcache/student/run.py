@@ -123,10 +123,9 @@ def run_train(
     from kdcache.models.teacher import create_teacher
     from kdcache.student.cache_source import CacheBatchSource
     from kdcache.student.evaluate import make_val_loader
-    from kdcache.student.teachers import common_epochs, select_teachers
+    from kdcache.student.teachers import choose_teachers, common_epochs
     from kdcache.student.trainer import RunOptions, Trainer
     from kdcache.teacher_cache.store import open_cache
-    from kdcache.teacher_cache.store.layers import layer_ids
 
     if args.cache is None:
         raise UsageError("no cache given: resolve it first (kdcache.registry.lookup.resolve_train_cache)")
@@ -142,7 +141,8 @@ def run_train(
                 "cache's soft labels of several teachers with --kd cached"
             )
         # Mode cached: --teacher chooses among the cache's teachers (its own and its layers); none: its own.
-        teachers = select_teachers(reader, args.teacher if args.kd == "cached" else None)
+        choice = choose_teachers(reader, args.teacher, cached=args.kd == "cached")
+        teachers = choice.teachers
         recipe = resolve_recipe(args, m.recipe)
         recipe.train.per_process_batch(world.size)  # refuses odd or indivisible batches up front
         for t in teachers:
@@ -154,7 +154,7 @@ def run_train(
             f"cache {args.cache}: {len(epochs)} complete epoch(s), {m.num_slots} views each, teacher "
             f"{m.teacher.get('name', m.teacher['id'])}"
         ]
-        layered = args.kd == "cached" and (args.teacher is not None or bool(layer_ids(reader.storage)))
+        layered = choice.named
         if layered:
             info.append(
                 ("teacher: " if len(teachers) == 1 else "teachers (weighted mean of their distributions): ")
@@ -218,7 +218,7 @@ def run_train(
             world.size,
             args.workers,
             with_topk=args.kd == "cached",
-            teachers=[(t.reader, t.weight) for t in teachers] if layered else None,
+            teachers=choice.source_layers(),
         )
         options = RunOptions(
             out_dir=Path(args.out),

@@ -33,6 +33,25 @@ class TeacherTarget:
     def num_classes(self) -> int:
         return int(self.log_probs.shape[1])
 
+    @property
+    def probs(self) -> torch.Tensor:
+        """The teacher's probabilities at T = 1, float32 (B, C); rows sum to 1."""
+        return self.log_probs.exp()
+
+    @classmethod
+    def from_cached(
+        cls,
+        topk_logprob: torch.Tensor,
+        topk_class: torch.Tensor,
+        num_classes: int,
+        layers: tuple[tuple[int, float], ...] | None = None,
+    ) -> TeacherTarget:
+        """A cached batch's target, as the trainer builds it: one teacher's rows (:meth:`from_topk`), or
+        several teachers' side by side with their (k, weight) (:meth:`from_topk_mixture`)."""
+        if layers is None:
+            return cls.from_topk(topk_logprob, topk_class, num_classes)
+        return cls.from_topk_mixture(topk_logprob, topk_class, num_classes, layers)
+
     @classmethod
     def from_logits(cls, logits: torch.Tensor) -> TeacherTarget:
         """Online mode: the teacher's raw logits (any float dtype)."""

@@ -47,6 +47,7 @@ class TeacherLayer:
             "weights_sha256": t.get("weights_sha256"),
             "topk": self.reader.manifest.topk,
             "tail_classes": self.reader.manifest.tail_classes,
+            "draws": self.reader.manifest.draws,
         }
 
     def describe(self) -> str:
@@ -123,6 +124,28 @@ def select_teachers(reader, spec: str | None) -> tuple[TeacherLayer, ...]:
     if len({t.layer for t in out}) != len(out):
         raise UsageError(f"--teacher {spec!r} names one teacher twice; its teachers: {known}")
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class TeacherChoice:
+    """The soft labels a run trains on: the selected teachers, and whether the run names them (a teacher
+    was asked for, or the cache has layers); a run that does not reads the cache's own rows, as before
+    layers existed."""
+
+    teachers: tuple[TeacherLayer, ...]
+    named: bool
+
+    def source_layers(self) -> list[tuple[Any, float]] | None:
+        """What :class:`~kdcache.student.cache_source.CacheBatchSource` takes as ``teachers``."""
+        return [(t.reader, t.weight) for t in self.teachers] if self.named else None
+
+
+def choose_teachers(reader, spec: str | None, cached: bool = True) -> TeacherChoice:
+    """:func:`select_teachers` for a run; ``cached=False`` (online, none): the cache's own teacher, unnamed."""
+    from kdcache.teacher_cache.store.layers import layer_ids
+
+    teachers = select_teachers(reader, spec if cached else None)
+    return TeacherChoice(teachers, cached and (spec is not None or bool(layer_ids(reader.storage))))
 
 
 def common_epochs(reader, layer_readers) -> list[int]:

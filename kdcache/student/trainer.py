@@ -474,12 +474,9 @@ class Trainer:
         target = None
         if self.options.mode == "cached":
             assert batch.topk_logprob is not None and batch.topk_class is not None
-            if batch.topk_layers is None:
-                target = TeacherTarget.from_topk(batch.topk_logprob, batch.topk_class, self.num_classes)
-            else:  # several teachers: the weighted mean of their distributions
-                target = TeacherTarget.from_topk_mixture(
-                    batch.topk_logprob, batch.topk_class, self.num_classes, batch.topk_layers
-                )
+            target = TeacherTarget.from_cached(
+                batch.topk_logprob, batch.topk_class, self.num_classes, batch.topk_layers
+            )
         elif self.options.mode == "online":
             assert self.teacher is not None
             t0 = time.perf_counter()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdcache import __version__
 from kdcache.teacher_cache.store.fields import UnitData, class_dtype
 from kdcache.teacher_cache.store.manifest import Manifest, format_version_for, utc_now_iso
 from kdcache.teacher_cache.store.tail import quantize_tail
 from kdcache.teacher_cache.store.units import unit_slots
+from kdcache.version import __version__
 from kdcache.views import params as P
 from kdcache.views.plan import make_epoch_plan, num_slots_for
 

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from kdcache import __version__
 from kdcache.storage import Storage, is_temp, open_storage
 from kdcache.storage.locking import LOCK_NAME
 from kdcache.teacher_cache.store.base import CacheReader, CacheWriter
@@ -34,6 +33,7 @@ from kdcache.teacher_cache.store.manifest import (
 )
 from kdcache.teacher_cache.store.wds import WdsReader, WdsWriter, wds_pipeline
 from kdcache.teacher_cache.store.zarr import ZarrReader, ZarrWriter
+from kdcache.version import __version__
 
 _log = logging.getLogger("kdcache")
 
