@@ -134,8 +134,8 @@ if TYPE_CHECKING:  # the command's modules load lazily (kdcache/cli/main.py)
 )
 @fail_cleanly
 def build(**options) -> None:
-    """Run the teacher once on every view of EPOCHS epochs and write top-k soft labels (format 2: plus a
-    tail of further classes at 4 bits each).
+    """Run the teacher once on every view of EPOCHS epochs and write its soft labels (top-k; format 2 adds a
+    4-bit tail, format 3 draws from the rest).
 
     Without --out the cache goes to the registry (see `kdcache ls`) under a key made from what
     determines its content: the same command again reuses it at once, a larger --epochs extends it.

@@ -34,8 +34,11 @@ def verify(
     cache: str, n_views: int, teacher_weights: Path | None, data: str | None, no_teacher: bool, device: str
 ) -> None:
     """Re-render sampled views and compare their digests; re-run the teacher and compare the stored
-    top-k at the precision the manifest records (probabilities within 1e-3 in fp32, 2e-2 under fp16
-    autocast, 0.15 under bf16). Exits 1 on any mismatch, naming the view."""
+    top-k at the precision the manifest records.
+
+    Probabilities must agree within 1e-3 in fp32, 2e-2 under fp16 autocast, 0.15 under bf16; format 2's
+    tail codes must hold the fresh log-probs, format 3's draws must lie under their points of the fresh
+    distribution. Exits 1 on any mismatch, naming the view."""
     from kdcache.registry.lookup import resolve_cache_arg
     from kdcache.teacher_cache.store import open_layers
     from kdcache.teacher_cache.store.layers import teacher_label
