@@ -18,19 +18,39 @@ only the teacher target differs:
 - ``topK+tailM``: the same of ``logits_to_topk(logits, K, M)``: format version 2's top-K plus the next
   M classes at 4-bit log-probs, exactly the rows a ``--format-version 2 --tail-classes M`` cache gives
   the trainer; ``v2`` is ``top10+tail10`` (the default tail);
+- ``topK+drawM``: format version 3's rows, exactly what a ``--format-version 3 --topk K --draws M`` cache
+  gives the trainer: ``logits_to_topk(logits, K)``, then ``systematic_draws`` of M classes from
+  ``log_softmax(logits)`` outside the K exact ones, with the offsets ``draw_uniforms(seed, epoch, slots)``,
+  then ``with_draws`` (each drawn class carries rest/M, a class drawn n times n·rest/M). The build keys
+  the offsets by (view seed, epoch, slot); here they are keyed by the training set's view seed (1),
+  epoch 0 and the training view's index 0..N-1 as its slot, so each of the N views gets its own offset;
+- ``labels`` (zero stored bytes beyond top-10): the fp16 top-10 kept, the rest of the mass put on the
+  view's own mixed labels instead of spread evenly: lambda on its own label, 1 - lambda on its pair
+  partner's (views 2i and 2i+1 are mix(A, B, lambda) and mix(B, A, lambda): the partner of view i is
+  i ^ 1, the ``yb`` the loss uses), through the same ``TeacherTarget.from_topk`` (a label that is one of
+  the top-10 gets its share added to it);
 - ``pca``: top-10 + PCA tail (``kdcache.testing.pca_tail``, rank 16, int4, fitted on the training views);
 - ``none``: CE on the mixed, smoothed labels only (``KDLoss`` without a teacher: weight 1.0).
 
 Labels are the photos' WordNet folders mapped to the teacher's ImageNet indices
 (``class_map``, as ``kdcache build`` does). Reported on each held-out set, mean ± sample std over
 seeds: top-1 agreement of student and teacher, KL(teacher || student) (nats, teacher full softmax).
+With ``online`` among the ways, also each way's KL(heldA) gap to online per seed (same seed: same init
+and batches) and its mean ± std. For every way with a target, its **bias**: the L1 norm of
+mean(target) - mean(teacher softmax) over the first V training views, V = 512 and all of them (4096 in
+the documented run): what the student is pulled towards on average, against the teacher. An unbiased
+target's figure falls as 1/sqrt(V); a biased one's stays. ``--bytes FILE`` (the JSON that
+``label_fidelity.py --disk-views`` writes: B/view of a real zarr cache of these very training views per
+way) adds a B/view column.
 
     python benchmarks/studies/kd_parity.py [--seeds 3] [--steps 64] [--ways online,top10,v2,top100,none]
+    python benchmarks/studies/kd_parity.py --ways online,top10,top5+draw32,labels,none [--bytes FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -46,6 +66,7 @@ from kdcache.data import ImageFolderSource
 from kdcache.recipe import load_recipe
 from kdcache.student.loss import KDLoss
 from kdcache.student.targets import TeacherTarget
+from kdcache.teacher_cache.store.draws import draw_uniforms, systematic_draws, with_draws
 from kdcache.teacher_cache.store.topk import logits_to_topk
 from kdcache.teacher_cache.teacher_pass.classmap import class_map
 from kdcache.testing import pca_tail
@@ -54,12 +75,17 @@ from kdcache.testing.real_teacher import RealTeacherUnavailable, load_efficientn
 from kdcache.views import ViewEngine
 
 SETS = {"train": ("A", 1), "heldA": ("A", 3), "heldB": ("B", 2)}  # name -> (photo set, view seed)
+DRAW_SEED = SETS["train"][1]  # format 3's offsets: keyed by the training views' view seed
+BIAS_VIEWS = (512,)  # bias is reported over the first 512 training views and over all of them
+# Kept per view in --views-cache: uint8 NHWC pixels, teacher fp32 logits, ImageNet label, the view's own
+# lambda, its param record and its digest (the last two as the cache stores them, for the bytes of a cache).
+FIELDS = ("images", "logits", "y", "lam", "params", "digest")
 
 
 def render(root: Path, n_views: int, seed: int, teacher: torch.nn.Module, to_imagenet: np.ndarray) -> dict:
     """n_views views (successive epochs, whole pairs), uint8 NHWC; teacher fp32 logits; ImageNet labels."""
     engine = ViewEngine(ImageFolderSource(root), load_recipe("seed").augment, seed)
-    out: dict[str, list] = {"images": [], "logits": [], "y": [], "lam": []}
+    out: dict[str, list] = {k: [] for k in FIELDS}
     epoch = 0
     while sum(len(x) for x in out["logits"]) < n_views:
         plan = engine.plan(epoch)
@@ -70,6 +96,8 @@ def render(root: Path, n_views: int, seed: int, teacher: torch.nn.Module, to_ima
         out["images"].append(b["images"].numpy().copy())
         out["y"].append(to_imagenet[b["labels"]])
         out["lam"].append(b["lam"])
+        out["params"].append(b["records"])
+        out["digest"].append(b["digests"])
         epoch += 1
     return {k: np.concatenate(v)[:n_views] for k, v in out.items()}
 
@@ -77,9 +105,9 @@ def render(root: Path, n_views: int, seed: int, teacher: torch.nn.Module, to_ima
 def load_views(path: Path, n: dict[str, int]) -> dict[str, dict[str, np.ndarray]]:
     if path.exists():
         d = np.load(path)
-        if all(d[f"{s}_logits"].shape[0] >= n[s] for s in SETS):
+        if all(f"{s}_{k}" in d and d[f"{s}_{k}"].shape[0] >= n[s] for s in SETS for k in FIELDS):
             print(f"views and teacher logits from {path}", flush=True)
-            return {s: {k: d[f"{s}_{k}"][: n[s]] for k in ("images", "logits", "y", "lam")} for s in SETS}
+            return {s: {k: d[f"{s}_{k}"][: n[s]] for k in FIELDS} for s in SETS}
     t0 = time.perf_counter()
     try:
         teacher = load_efficientnet_lite0()
@@ -109,10 +137,11 @@ def to_input(images: np.ndarray, px: int) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def targets(way: str, logits: np.ndarray, fit_logits: np.ndarray) -> torch.Tensor | None:
-    """Teacher log-probs (N, C) float32 of one way, or None (no KD)."""
+def targets(way: str, views: dict[str, np.ndarray], fit_logits: np.ndarray) -> torch.Tensor | None:
+    """Teacher log-probs (N, C) float32 of one way on ``views`` (logits, y, lam), or None (no KD)."""
+    logits = views["logits"]
     z = torch.from_numpy(logits)
-    c = z.shape[1]
+    n, c = z.shape
     if way == "none":
         return None
     if way == "online":
@@ -123,11 +152,38 @@ def targets(way: str, logits: np.ndarray, fit_logits: np.ndarray) -> torch.Tenso
     if m:
         lp, cls = logits_to_topk(z, int(m[1]), int(m[2] or 0))
         return TeacherTarget.from_topk(lp, cls, c).log_probs
+    m = re.fullmatch(r"top(\d+)\+draw(\d+)", way)
+    if m:
+        # What a --format-version 3 build stores (teacher_pass/runner.py): the draws come from the fp32
+        # log-softmax of the same logits, offsets keyed by (view seed, epoch 0, the view's index as slot).
+        lp, cls = (t.numpy() for t in logits_to_topk(z, int(m[1])))
+        full = torch.log_softmax(z.float(), dim=-1).numpy()
+        u = draw_uniforms(DRAW_SEED, 0, np.arange(n))
+        drawn = systematic_draws(full, cls, int(m[2]), u)
+        lp, cls = with_draws(lp, cls, drawn.astype(cls.dtype))
+        return TeacherTarget.from_topk(torch.from_numpy(lp), torch.from_numpy(cls), c).log_probs
+    if way == "labels":
+        lp, cls = logits_to_topk(z, 10)
+        rest = (1.0 - lp.double().exp().sum(1)).clamp_min(0.0)
+        lam = torch.from_numpy(views["lam"]).double()
+        y = torch.from_numpy(views["y"]).long()
+        partner = y.view(-1, 2).flip(1).reshape(-1)  # view i's partner is view i ^ 1
+        extra = torch.log(torch.stack([lam * rest, (1 - lam) * rest], 1)).float()  # lambda 1: -inf, no mass
+        lp_all = torch.cat([lp.float(), extra], 1)
+        cls_all = torch.cat([cls.long(), torch.stack([y, partner], 1)], 1)
+        return TeacherTarget.from_topk(lp_all, cls_all, c).log_probs
     if way == "pca":
         model = pca_tail.fit(fit_logits, r=16, bits=4, k=10)
         q = pca_tail.decode(pca_tail.encode(logits, model, k=10), model, c)
         return torch.log(torch.from_numpy(np.asarray(q, np.float32)))
     raise ValueError(way)
+
+
+def bias(tlp: torch.Tensor, logits: np.ndarray, v: int) -> float:
+    """L1 norm of mean(target) - mean(teacher softmax) over the first v views."""
+    target = tlp[:v].double().exp().mean(0)
+    teacher = torch.softmax(torch.from_numpy(logits[:v]).double(), 1).mean(0)
+    return float((target - teacher).abs().sum())
 
 
 def train(args, x, y, lam, tlp, seed: int) -> torch.nn.Module:
@@ -184,6 +240,7 @@ def main() -> None:
     ap.add_argument("--seed0", type=int, default=0)
     ap.add_argument("--ways", default="online,top10,top100,none")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bytes", help="JSON of label_fidelity.py --disk-json: B/view on disk per way (a column)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     assert args.batch % 2 == 0
@@ -194,7 +251,7 @@ def main() -> None:
     x = to_input(tr["images"], args.px)
     evals = {s: (to_input(data[s]["images"], args.px), data[s]["logits"]) for s in ("heldA", "heldB")}
     ways = args.ways.split(",")
-    tl = {w: targets(w, tr["logits"], tr["logits"]) for w in ways}
+    tl = {w: targets(w, tr, tr["logits"]) for w in ways}
     print(
         f"train {len(x)} views (set A, view seed 1), {args.steps} steps x {args.batch} "
         f"({args.steps * args.batch / len(x):.1f} passes); student {args.student} at {args.px} px; "
@@ -231,6 +288,36 @@ def main() -> None:
             f"| {ms([r['heldB_agree'] for r in rs], '.1f')} | {ms([r['heldB_kl'] for r in rs], '.3f')} |"
         )
     print(f"(mean ± sample std over {args.seeds} seed(s); per-seed rows above)")
+
+    views = [v for v in BIAS_VIEWS if v < len(x)] + [len(x)]
+    on_disk = json.loads(Path(args.bytes).read_text()) if args.bytes else {}
+    print()
+    head = ["way"] + (["B/view on disk"] if args.bytes else [])
+    if "online" in ways:
+        head += ["KL gap heldA mean ± std", "per seed", "agree % heldA"]
+    head += [f"bias V={v}" for v in views]
+    print("| " + " | ".join(head) + " |")
+    print("|---" + "|---:" * (len(head) - 1) + "|")
+    base = [r["heldA_kl"] for r in res.get("online", [])]
+    for w in ways:
+        cells = [w]
+        if args.bytes:
+            b = on_disk.get("v2" if w == "top10+tail10" else w)
+            cells.append("—" if b is None else f"{b:.1f}")
+        if "online" in ways:
+            gaps = [r["heldA_kl"] - o for r, o in zip(res[w], base, strict=True)]
+            spread = np.std(gaps, ddof=1) if len(gaps) > 1 else 0.0
+            cells.append(f"{np.mean(gaps):+.3f} ± {spread:.3f}")
+            cells.append(" / ".join(f"{g:+.3f}" for g in gaps))
+            cells.append(ms([r["heldA_agree"] for r in res[w]], ".1f"))
+        cells += ["—" if tl[w] is None else f"{bias(tl[w], tr['logits'], v):.4f}" for v in views]
+        print("| " + " | ".join(cells) + " |")
+    print(
+        "(KL gap: KL(heldA) of the way minus online's, same seed; bias: L1 norm of mean(target) - mean(teacher "
+        "softmax) over the first V training views"
+        + ("; B/view: a real zarr cache of the training views, label_fidelity.py --disk-views" if args.bytes else "")
+        + ")"
+    )
 
 
 if __name__ == "__main__":

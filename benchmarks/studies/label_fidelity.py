@@ -26,13 +26,37 @@ format 2 row's B rows (with the non-label fields) are also written as unit 0 of 
 cache (``create_or_open_writer``, one unit of all the B rows, so one chunk per field as here); every
 field's chunk file, less its 4 B crc32c, must have the size counted here.
 
+Format 3 rows (``--draws KxM``: an exact top-K plus M systematic draws from the rest of the teacher's
+distribution, ``store/draws.py``) are exactly what a ``--format-version 3 --topk K --draws M`` build stores:
+``logits_to_topk(z, K)``, ``systematic_draws`` from the fp32 log-softmax with ``draw_uniforms(seed, 0,
+slot)`` (set B's view seed 2, the view's index as its slot), ``with_draws``; label bytes are those of
+``topk_logprob``, ``topk_class`` and ``draw_gap``. Their KL(teacher || target) is infinite (a class not
+drawn gets 0), so the table gives it as inf; their L1 per view is noise that training averages away, which
+the *bias* column shows: the L1 norm of mean(target) - mean(teacher) over the evaluated views.
+
+``--disk-views FILE`` measures bytes on disk instead of counting them: it reads kd_parity.py's
+``--views-cache`` (its training views: the real teacher's fp32 logits, the views' real param records and
+digests), and writes for every scheme of the table (plain top-K, format 2 tails, format 3 points) a real
+zarr cache with kdcache's own writer (``make_manifest`` + ``create_or_open_writer``), the N views as one
+work unit of N slots. sample_id and repeat are the first N slots of an ImageNet-sized epoch plan
+(1,281,167 samples, R = 3, view seed 1; the manifest says so, and the epoch's other units are not
+written): the photo set's 9 ids would compress unrealistically. Reported per scheme: the bytes of the
+unit's chunk files (every field, crc32c included) / N — what grows with the views, as at ImageNet scale —
+per field, and the epoch folder's total with its zarr.json metadata (a fixed ~4 KB per epoch, 1 B/view at
+N = 4096 but nothing at 1.28M views). ``--disk-json`` keeps the per-scheme figure under kd_parity.py's way
+names (``top10``, ``v2``, ``top5+draw32``, and ``labels``: top-10's bytes, it stores nothing more) for its
+``--bytes`` column.
+
     python benchmarks/studies/label_fidelity.py [--views 1024] [--logits FILE.npz] [--tails 5,10,20,40]
+    python benchmarks/studies/label_fidelity.py --draws 5x32,10x16 --disk-views VIEWS.npz --disk-json B.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -44,7 +68,8 @@ from numcodecs import Blosc
 
 from kdcache.data import ImageFolderSource
 from kdcache.recipe import load_recipe
-from kdcache.teacher_cache.store import create_or_open_writer
+from kdcache.teacher_cache.store import create_or_open_writer, make_manifest, open_cache
+from kdcache.teacher_cache.store.draws import draw_uniforms, systematic_draws, with_draws
 from kdcache.teacher_cache.store.fields import UnitData
 from kdcache.teacher_cache.store.labels import decode_labels, encode_labels
 from kdcache.teacher_cache.store.topk import logits_to_topk, topk_to_probs
@@ -116,13 +141,14 @@ def zarr_check(fields: dict[str, np.ndarray], k: int, tail: int, num_samples: in
     return out
 
 
-def metrics(z: np.ndarray, q: np.ndarray, stored: np.ndarray) -> dict[str, float]:
-    """z: teacher logits (N, C); q: reconstructed probs (N, C); stored: bool (N, C) explicitly stored."""
+def metrics(z: np.ndarray, q: np.ndarray, stored: np.ndarray, sparse: bool = False) -> dict[str, float]:
+    """z: teacher logits (N, C); q: reconstructed probs (N, C); stored: bool (N, C) explicitly stored;
+    ``sparse``: q is 0 wherever nothing was stored (format 3's draws), so its KL is infinite."""
     lp = torch.log_softmax(torch.as_tensor(z, dtype=torch.float64), 1).numpy()
     p = np.exp(lp)
     # Floor: a reconstruction with q = 0 where p > 0 (fp16 pushed the top-k mass to 1) would be infinite.
     logq = np.log(np.maximum(q.astype(np.float64), 1e-12))
-    kl = (p * (lp - logq)).sum(1)
+    kl = np.full(len(p), np.inf) if sparse else (p * (lp - logq)).sum(1)
     l1 = np.abs(p - q).sum(1)
     out_mass = (p * ~stored).sum(1)
     return {
@@ -131,7 +157,109 @@ def metrics(z: np.ndarray, q: np.ndarray, stored: np.ndarray) -> dict[str, float
         "kl": kl.mean(),
         "kl_p90": np.percentile(kl, 90),
         "l1": l1.mean(),
+        "bias": np.abs(q.astype(np.float64).mean(0) - p.mean(0)).sum(),
     }
+
+
+def draw_rows(z: np.ndarray, k: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Format 3's in-memory rows (top-k, then m draws) of logits z, as a build stores them (runner.py),
+    offsets keyed by (seed, epoch 0, the row's index as its slot)."""
+    zt = torch.as_tensor(z)
+    lp, cls = (t.numpy() for t in logits_to_topk(zt, k))
+    full = torch.log_softmax(zt.float(), dim=-1).numpy()
+    drawn = systematic_draws(full, cls, m, draw_uniforms(seed, 0, np.arange(len(z))))
+    return with_draws(lp, cls, drawn.astype(cls.dtype))
+
+
+def parse_draws(spec: str) -> list[tuple[int, int]]:
+    """'5x32,10x16' -> [(5, 32), (10, 16)]."""
+    out = []
+    for part in filter(None, spec.split(",")):
+        m = re.fullmatch(r"(\d+)x(\d+)", part.strip())
+        if not m:
+            raise SystemExit(f"label_fidelity.py: --draws wants KxM pairs like 5x32, got {part!r}")
+        out.append((int(m[1]), int(m[2])))
+    return out
+
+
+def disk_bytes(path: Path, ks: list[int], tails: list[int], draws: list[tuple[int, int]]) -> dict[str, float]:
+    """B/view on disk of real zarr caches of kd_parity.py's training views, one per scheme (module doc)."""
+    d = np.load(path)
+    if "train_params" not in d or "train_digest" not in d:
+        raise SystemExit(f"label_fidelity.py: {path} has no params/digests: rerun kd_parity.py to rebuild it")
+    z = d["train_logits"]
+    n = len(z) - len(z) % 2
+    z, seed, num_samples = torch.as_tensor(z[:n]), 1, 1_281_167
+    plan = make_epoch_plan(seed, 0, num_samples, 3)
+    views = {
+        "sample_id": plan.sample_ids[:n].astype(np.int32),
+        "repeat": plan.repeats[:n].astype(np.uint8),
+        "params": np.ascontiguousarray(d["train_params"][:n]),
+        "digest": np.ascontiguousarray(d["train_digest"][:n]),
+    }
+    schemes: dict[str, tuple[tuple[np.ndarray, np.ndarray], int, int, int]] = {}  # way -> rows, k, tail, draws
+    for k in ks:
+        schemes[f"top{k}"] = (tuple(t.numpy() for t in logits_to_topk(z, k)), k, 0, 0)
+    for m in tails:
+        schemes[f"top10+tail{m}"] = (tuple(t.numpy() for t in logits_to_topk(z, 10, m)), 10, m, 0)
+    for k, m in draws:
+        schemes[f"top{k}+draw{m}"] = (draw_rows(z.numpy(), k, m, seed), k, 0, m)
+    recipe = load_recipe("seed").to_dict()
+    teacher = {
+        "name": "tf_efficientnet_lite0",
+        "weights_sha256": "0" * 64,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "input_size": [3, 224, 224],
+        "interpolation": "bicubic",
+        "num_classes": z.shape[1],
+    }
+    out = {}
+    print(
+        f"\non disk: {n} training views of {path} (real teacher rows, params and digests; sample_id/repeat "
+        f"from an ImageNet-sized plan) as one zarr unit of {n} slots per scheme"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for way, ((lp, cls), k, tail, m) in schemes.items():
+            manifest = make_manifest(
+                backend="zarr",
+                teacher=teacher,
+                recipe=recipe,
+                seed=seed,
+                topk=k,
+                class_names=[f"class_{c:04d}" for c in range(z.shape[1])],
+                dataset={"fingerprint": "kd_parity-train-views", "num_samples": num_samples},
+                epochs_planned=1,
+                num_slots=num_samples - num_samples % 2,
+                unit_size=n,
+                record_width=views["params"].shape[1],
+                tail_classes=tail,
+                draws=m,
+            )
+            root = Path(tmp) / way
+            create_or_open_writer(root, manifest).write_unit(0, 0, UnitData(**views, topk_logprob=lp, topk_class=cls))
+            back = open_cache(root, allow_unfinished=True).read_unit(0, 0)  # one unit of an ImageNet epoch
+            if not (np.array_equal(back.topk_logprob, lp) and np.array_equal(back.topk_class, cls)):
+                raise SystemExit(f"label_fidelity.py: {way}: the cache does not read back its rows")
+            files = [p for p in (root / "e00000").rglob("*") if p.is_file()]
+            chunks: dict[str, int] = {}  # field -> bytes of its chunk files (one per field: the unit is a chunk)
+            for p in files:
+                if "c" in p.relative_to(root / "e00000").parts:
+                    field = p.relative_to(root / "e00000").parts[0]
+                    chunks[field] = chunks.get(field, 0) + p.stat().st_size
+            total = sum(p.stat().st_size for p in files)
+            out[way] = sum(chunks.values()) / n
+            per = ", ".join(f"{f} {v / n:.2f}" for f, v in chunks.items())
+            print(
+                f"{way:14s} v{manifest.format_version} {out[way]:6.1f} B/view in the unit's chunk files "
+                f"({per}); epoch folder with metadata {total / n:.1f} B/view",
+                flush=True,
+            )
+    if "top10" in out:
+        out["labels"] = out["top10"]  # top-10 rows; the labels it adds are in every view's params already
+    if "top10+tail10" in out:
+        out["v2"] = out["top10+tail10"]
+    return out
 
 
 def main() -> None:
@@ -141,7 +269,11 @@ def main() -> None:
     ap.add_argument("--ks", default="10,20,50,100")
     ap.add_argument("--ranks", default="8,16,32", help="PCA tail ranks (int4 coefficients)")
     ap.add_argument("--tails", default="5,10,20,40", help="format 2 tails m: top-10 + m classes at 4-bit")
+    ap.add_argument("--draws", default="", help="format 3 points KxM: top-K + M systematic draws, e.g. 5x32,10x16")
+    ap.add_argument("--disk-views", help="kd_parity.py's --views-cache: write real zarr caches of its training views")
+    ap.add_argument("--disk-json", help="with --disk-views: write B/view per kd_parity way here (its --bytes)")
     args = ap.parse_args()
+    draw_points = parse_draws(args.draws)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
     cached = Path(args.logits)
@@ -207,6 +339,15 @@ def main() -> None:
         if bad:
             raise SystemExit(f"byte counter disagrees with a real zarr write: {bad}")
 
+    for k, m in draw_points:
+        lp, cls = draw_rows(zb, k, m, 2)  # set B's view seed
+        q = topk_to_probs(lp, cls, c)
+        stored = np.zeros((n, c), bool)
+        np.put_along_axis(stored, cls.astype(np.int64), True, 1)
+        label = sum(field_bytes(name, a) for name, a in encode_labels(lp, cls, k, m).items())
+        rows.append((f"format 3: top-{k} + {m} draws", label, metrics(zb, q, stored, sparse=True)))
+        print(rows[-1][0], flush=True)
+
     for r in [int(x) for x in args.ranks.split(",") if x]:
         t0 = time.perf_counter()
         model = pca_tail.fit(za, r=r, bits=4, k=10)
@@ -223,13 +364,22 @@ def main() -> None:
         print(rows[-1][0], f"{time.perf_counter() - t0:.0f} s", flush=True)
 
     print()
-    print("| scheme | label B/view | total B/view | mass outside mean / p90 | KL mean | KL p90 | L1 mean |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scheme | label B/view | total B/view | mass outside mean / p90 | KL mean | KL p90 | L1 mean | bias |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, label, m in rows:
         print(
             f"| {name} | {label:.1f} | {base + label:.1f} | {m['outside']:.3f} / {m['outside_p90']:.3f} "
-            f"| {m['kl']:.3f} | {m['kl_p90']:.3f} | {m['l1']:.3f} |"
+            f"| {m['kl']:.3f} | {m['kl_p90']:.3f} | {m['l1']:.3f} | {m['bias']:.3f} |"
         )
+    print(f"(bias: L1 norm of mean(target) - mean(teacher) over the {n} views; format 3's KL is infinite: see --help)")
+
+    if args.disk_views:
+        ks = [int(x) for x in args.ks.split(",") if x]
+        tails = [int(x) for x in args.tails.split(",") if x]
+        on_disk = disk_bytes(Path(args.disk_views), ks, tails, draw_points)
+        if args.disk_json:
+            Path(args.disk_json).write_text(json.dumps(on_disk, indent=1) + "\n")
+            print(f"B/view per way written to {args.disk_json} (kd_parity.py --bytes)")
 
 
 if __name__ == "__main__":
