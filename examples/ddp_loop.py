@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -55,7 +56,8 @@ def main() -> None:
             update += 1
             slots = ",".join(map(str, batch.slots.tolist()))
             line = f"rank {dist.get_rank()} epoch {epoch} update {update} loss {parts.total.item():.9g} slots {slots}"
-            print(line, flush=True)
+            sys.stdout.write(line + "\n")  # one write: the ranks share the terminal, and print() writes twice
+            sys.stdout.flush()
     dist.destroy_process_group()
 
 
