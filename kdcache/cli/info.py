@@ -58,6 +58,7 @@ def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
         "num_samples": m.dataset["num_samples"],
         "dataset": {k: v for k, v in m.dataset.items() if k in ("fingerprint", "num_samples", "source", "kind")},
         "num_classes": m.num_classes,
+        "classes": _classes(m),
         "image_size": m.image_size,
         "topk": m.topk,
         "tail_classes": m.tail_classes,
@@ -83,6 +84,15 @@ def cache_summary(reader: Any, digest: bool = True) -> dict[str, Any]:
         "kdcache_version": m.kdcache_version,
         "library_versions": m.library_versions,
     }
+
+
+def _classes(m: Any) -> dict[str, Any]:
+    """Where the readable class names come from, and the first few (ImageNet names beside WordNet ids)."""
+    from kdcache.models.class_names import ClassNames
+
+    names = ClassNames.of(m.class_names, m.num_classes)
+    first = [names.describe(i) for i in range(min(5, len(names)))]
+    return {"source": names.source, "summary": names.summary(), "first": first}
 
 
 def layer_summary(lid: str | None, reader: Any, digest: bool = True) -> dict[str, Any]:
@@ -130,6 +140,7 @@ def _text(cache: Path, s: dict[str, Any]) -> str:
         ("cache", f"{cache} ({s['backend']}, format {s['format_version']}, {status})"),
         ("teacher", f"{t.get('name')} (weights sha256 {str(t.get('weights_sha256'))[:16]}...)"),
         ("dataset", f"{s['num_samples']} samples, {s['dataset'].get('source') or 'source not recorded'}"),
+        *((("classes", s["classes"]["summary"]),) if s.get("classes") else ()),
         ("views", f"{s['image_size']}px, recipe {s['recipe']}, seed {s['seed']}, repeats x{s['repeats']}"),
         ("soft labels", _labels_line(s)),
         ("fidelity", format_summary(s["fidelity"], s["views"])),

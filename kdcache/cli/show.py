@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import click
 import numpy as np
 
 from kdcache.cli.common import fail_cleanly, parse_slots
+from kdcache.cli.preview import LINE_HEIGHT, _grid, captioned_tile, tile_side
 
 
 @click.command()
@@ -80,6 +80,9 @@ def show(
     if dense and not as_json:
         raise click.BadParameter("--dense adds to the JSON output: pass --json too", param_hint="--dense")
     names = _sample_names(m, data)
+    from kdcache.models.class_names import ClassNames
+
+    labels = ClassNames.of(m.class_names, m.num_classes)  # "Egyptian cat" beside n02124075
     drawn: list[tuple[int, np.ndarray, dict[str, Any]]] = []  # (slot, stored record, view) for --out
     for u in range(a // m.unit_size, (b - 1) // m.unit_size + 1):
         start = unit_slots(m, u)[0]
@@ -98,7 +101,7 @@ def show(
                 rows.topk_logprob[lo - start : hi - start], rows.topk_class[lo - start : hi - start], m.num_classes
             )
         for slot in range(lo, hi):
-            view = describe_view(m, epoch, slot, rows, slot - start, names)
+            view = describe_view(m, epoch, slot, rows, slot - start, names, labels)
             if probs is not None:
                 view["probs"] = probs[slot - lo].tolist()
             click.echo(json.dumps(view) if as_json else _text(view))
@@ -133,13 +136,11 @@ def ensemble_targets(parts: list[tuple[np.ndarray, np.ndarray, float]], num_clas
 
 
 CAPTION_LINES = 4  # top-3 classes + the mass outside the stored top-k
-LINE_HEIGHT = 12
-MIN_TILE = 160  # small views are enlarged (nearest) so that the captions fit
 
 
 def tile_size(image_size: int) -> tuple[int, int]:
     """(height, width) of one annotated view in the --out grid."""
-    side = image_size * math.ceil(MIN_TILE / image_size)
+    side = tile_side(image_size)
     return side + CAPTION_LINES * LINE_HEIGHT + 4, side
 
 
@@ -147,9 +148,8 @@ def draw_views(
     m: Any, epoch: int, views: list[tuple[int, np.ndarray, dict[str, Any]]], data: str | None, out: Path
 ) -> None:
     """Re-render each view from its stored record (the pixels the teacher saw) and caption it."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
-    from kdcache.cli.preview import _grid
     from kdcache.views.replay import open_replay
 
     if not views:
@@ -157,28 +157,24 @@ def draw_views(
     engine = open_replay(m, data)
     by_pair: dict[int, np.ndarray] = {}
     tiles = []
-    h, w = tile_size(m.image_size)
     for slot, _, view in views:
         pair = slot // 2
         if pair not in by_pair:  # both views of a pair render together, from the pair's two stored records
             records = np.stack([r for s, r, _ in views if s // 2 == pair])
             by_pair[pair] = engine.render_pair(epoch, pair, records).images
-        img = Image.fromarray(by_pair[pair][slot % 2]).resize((w, w), Image.NEAREST)
-        tile = Image.new("RGB", (w, h), "white")
-        tile.paste(img, (0, 0))
-        d = ImageDraw.Draw(tile)
-        lines = [f"{t['name'][:24]} {t['prob']:.3f}" for t in view["topk"][:3]]
+        # the readable name, cut to leave room for the class index and the probability
+        lines = [f"{t.get('label', t['name'])[:15]} ({t['class']}) {t['prob']:.3f}" for t in view["topk"][:3]]
         stored = f"top-{len(view['topk'])}" + (f"+{len(view['tail'])}" if view.get("tail") else "")
         stored += f"+{sum(d['count'] for d in view['draws'])} draws" if view.get("draws") else ""
         lines.append(f"outside {stored}: {view['other_mass']:.3f}")
-        for i, line in enumerate(lines):
-            d.text((2, w + 2 + i * LINE_HEIGHT), line, fill="black")
-        tiles.append(np.asarray(tile))
+        tiles.append(captioned_tile(by_pair[pair][slot % 2], lines, CAPTION_LINES))
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(_grid(tiles)).save(out)
 
 
-def describe_view(m: Any, epoch: int, slot: int, rows: Any, i: int, names: Any) -> dict[str, Any]:
+def describe_view(m: Any, epoch: int, slot: int, rows: Any, i: int, names: Any, labels: Any = None) -> dict[str, Any]:
+    """One view as JSON. ``labels`` (a ClassNames) adds each class's readable name ("label") and the text
+    form "Egyptian cat (n02124075, 285)" ("shown"); "name" stays the name the manifest records."""
     from kdcache.views.params import ParamDecodeError, decode, n_ops_for_width, to_json
 
     sample = int(rows.sample_id[i])
@@ -188,7 +184,12 @@ def describe_view(m: Any, epoch: int, slot: int, rows: Any, i: int, names: Any) 
         params = {"error": str(e), "raw": rows.params[i].tolist()}
     probs = np.exp(rows.topk_logprob[i].astype(np.float64))
     entries = [
-        {"class": int(c), "name": m.class_names[int(c)], "prob": round(float(p), 6)}
+        {
+            "class": int(c),
+            "name": m.class_names[int(c)],
+            **({"label": labels.name(int(c)), "shown": labels.describe(int(c))} if labels is not None else {}),
+            "prob": round(float(p), 6),
+        }
         for c, p in zip(rows.topk_class[i], probs, strict=True)
     ]
     return {
@@ -213,7 +214,7 @@ def _drawn(columns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Format 3's draw columns, one entry per drawn class: its count and the mass the draws give it."""
     out: dict[int, dict[str, Any]] = {}
     for c in columns:
-        e = out.setdefault(c["class"], {"class": c["class"], "name": c["name"], "count": 0, "prob": 0.0})
+        e = out.setdefault(c["class"], {**{k: v for k, v in c.items() if k != "prob"}, "count": 0, "prob": 0.0})
         e["count"] += 1
         e["prob"] = round(e["prob"] + c["prob"], 6)
     return sorted(out.values(), key=lambda e: (-e["count"], e["class"]))
@@ -258,14 +259,17 @@ def _text(v: dict[str, Any]) -> str:
         lines.append(
             f"  mix      {mix['mode']} lam {mix['lam']:.4f}" + (f" box {mix['box']}" if any(mix["box"]) else "")
         )
-    top = ", ".join(f"{t['name']} ({t['class']}) {t['prob']:.4f}" for t in v["topk"])
+    top = ", ".join(f"{_shown(t)} {t['prob']:.4f}" for t in v["topk"])
     if v.get("tail"):
-        top += "; tail (4-bit) " + ", ".join(f"{t['name']} ({t['class']}) ~{t['prob']:.4f}" for t in v["tail"])
+        top += "; tail (4-bit) " + ", ".join(f"{_shown(t)} ~{t['prob']:.4f}" for t in v["tail"])
     if v.get("draws"):
         drawn = sum(d["count"] for d in v["draws"])
-        top += f"; {drawn} draws from the rest: " + ", ".join(
-            f"{d['name']} ({d['class']}) x{d['count']}" for d in v["draws"][:8]
-        )
+        top += f"; {drawn} draws from the rest: " + ", ".join(f"{_shown(d)} x{d['count']}" for d in v["draws"][:8])
         top += " ..." if len(v["draws"]) > 8 else ""
     lines.append(f"  teacher  {top}; other classes {v['other_mass']:.4f}")
     return "\n".join(lines)
+
+
+def _shown(entry: dict[str, Any]) -> str:
+    """``Egyptian cat (n02124075, 285)``, or ``name (class)`` for a view described without labels."""
+    return entry.get("shown") or f"{entry['name']} ({entry['class']})"
