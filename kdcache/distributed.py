@@ -1,15 +1,42 @@
 """The distributed world of a build or a training run: torchrun's environment, the process group, and
-the few collectives kdcache needs. Everything degrades to a world of one process."""
+the few collectives kdcache needs. Everything degrades to a world of one process.
+
+A rank that fails ends the job (docs/reliability.md, "A failing rank"): it reports itself and exits at
+once without any collective teardown (:func:`exit_failed_rank`), and torchrun's agent then stops the
+other ranks. ``KDCACHE_DIST_TIMEOUT`` bounds every collective for launchers without such an agent.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import multiprocessing
 import os
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
+
+from kdcache.errors import UsageError
+
+# Seconds a collective may wait for the other ranks before it fails (torch's default when unset: 30 min
+# for gloo, 10 min for NCCL). torchrun ends a job on one node at once when a rank exits; this bounds the
+# wait where nothing does (other launchers, ranks on other nodes).
+TIMEOUT_ENV = "KDCACHE_DIST_TIMEOUT"
+# Tests only: "RANK:POINT:N" makes the N-th pass of failure_point(POINT) on rank RANK raise InjectedFailure.
+FAIL_ENV = "KDCACHE_TEST_FAIL"
+# What a collective's error says when the rank at the other end is gone (gloo's and NCCL's wording).
+_PEER_LOST = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+    "ncclRemoteError",
+)
 
 
 @dataclass(frozen=True)
@@ -64,10 +91,96 @@ def init_world(device: str) -> World:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        timeout = collective_timeout()
+        dist.init_process_group(backend=backend, **({} if timeout is None else {"timeout": timeout}))
     return World(rank, size, local_rank)
 
 
-def close_world(world: World) -> None:
-    if world.enabled and dist.is_initialized():
+def collective_timeout() -> dt.timedelta | None:
+    """``KDCACHE_DIST_TIMEOUT`` as a timedelta; None (torch's default) when unset."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise UsageError(f"{TIMEOUT_ENV}={raw!r}: give the seconds a collective may wait, a number > 0")
+    return dt.timedelta(seconds=seconds)
+
+
+def close_world(world: World, failed: bool = False) -> None:
+    """Leave the process group. After a failure (``failed``) leave it alone: destroying it may wait on
+    ranks still inside a collective (NCCL), and the process is about to exit anyway."""
+    if world.enabled and dist.is_initialized() and not failed:
         dist.destroy_process_group()
+
+
+def launched_rank() -> tuple[int, int] | None:
+    """(rank, world size) of a process started by torchrun (or any launcher setting RANK and WORLD_SIZE)
+    with more than one process; None otherwise."""
+    try:
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return None
+    return (rank, size) if size > 1 else None
+
+
+def peer_lost(error: BaseException) -> bool:
+    """True if ``error`` is a collective failing because another rank went away (it failed first)."""
+    if isinstance(error, dist.DistNetworkError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(p in text for p in _PEER_LOST)
+
+
+def exit_failed_rank(message: str, *, peer: bool = False) -> NoReturn:
+    """End this rank of a multi-process job at once: print one line naming it and ``message``, record the
+    line for torchrun's failure summary, and ``os._exit(1)``.
+
+    No teardown runs after this (destroying the process group, joining writer threads, exit handlers):
+    any of it can block on the other ranks, which are still inside a collective and wait for this one.
+    torchrun's agent sees the exit and stops the others (SIGTERM), so the whole job ends in seconds.
+    ``peer``: this rank stopped because another one failed (its collective lost the peer): say so, and
+    leave the root cause to that rank's record."""
+    rank, size = launched_rank() or (0, 1)
+    verb = "stopped because another rank failed first" if peer else "failed"
+    line = f"rank {rank} of {size} {verb}: {message}"
+    sys.stdout.flush()
+    print(f"Error: {line}", file=sys.stderr, flush=True)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file and not peer:
+        # The layout torch.distributed.elastic's ErrorHandler writes: torchrun prints it as the root cause.
+        doc = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}
+        try:
+            with open(error_file, "w") as f:
+                json.dump(doc, f)
+        except OSError:
+            pass  # the line above already says it
+    # DataLoader workers would outlive os._exit by up to their 5 s watchdog, holding the job's output open.
+    for child in multiprocessing.active_children():
+        child.kill()
+    os._exit(1)
+
+
+class InjectedFailure(RuntimeError):
+    """Raised where ``KDCACHE_TEST_FAIL`` asks for it: tests of a failing rank (never set otherwise)."""
+
+
+_passes: dict[str, int] = {}
+
+
+def failure_point(name: str) -> None:
+    """Tests only: with ``KDCACHE_TEST_FAIL=RANK:NAME:N`` in the environment, the N-th pass of this point
+    on rank RANK raises :class:`InjectedFailure`; without it, one environment lookup. Points:
+    ``train-step`` (before each optimiser step), ``build-unit`` (before each unit's write)."""
+    spec = os.environ.get(FAIL_ENV)
+    if not spec:
+        return
+    rank, point, n = spec.split(":")
+    if point != name or int(rank) != int(os.environ.get("RANK", "0")):
+        return
+    _passes[name] = _passes.get(name, 0) + 1
+    if _passes[name] == int(n):
+        raise InjectedFailure(f"injected failure at pass {n} of {name} ({FAIL_ENV}={spec})")

@@ -42,18 +42,42 @@ def user_message(e: BaseException) -> str:
 
 def fail_cleanly(fn):
     """Report user errors as one clean line with exit status 1 instead of a traceback (unless
-    :func:`debug_enabled`); anything else is a bug and keeps its traceback."""
+    :func:`debug_enabled`); anything else is a bug and keeps its traceback.
+
+    In a job of several processes (torchrun) the line names the rank, and the rank exits at once
+    (kdcache.distributed.exit_failed_rank): torchrun then stops the other ranks instead of leaving them
+    waiting in a collective for this one."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except click.ClickException:
+        except click.ClickException as e:
+            _end_failed_rank(e.format_message(), e)
             raise
         except Exception as e:
             if not is_user_error(e) or debug_enabled():
+                _end_failed_rank(user_message(e), e, traceback=True)
                 raise
+            _end_failed_rank(user_message(e), e)
             raise click.ClickException(user_message(e)) from e
 
     return wrapper
+
+
+def _end_failed_rank(message: str, error: BaseException, traceback: bool = False) -> None:
+    """In a job of several processes: print the traceback if asked, then end this rank naming it (never
+    returns). In a single process: nothing (the caller reports the error as usual)."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
+        return  # one process (checked before importing torch: most commands never load it)
+    from kdcache.distributed import exit_failed_rank, launched_rank, peer_lost
+
+    if launched_rank() is None:
+        return
+    peer = peer_lost(error)
+    if traceback and not peer:  # a lost peer is not this rank's bug: the failing rank tells its story
+        import traceback as tb
+
+        tb.print_exception(error)
+    exit_failed_rank(message, peer=peer)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from kdcache.storage.atomic import is_temp
 from kdcache.storage.base import Storage, is_url
-from kdcache.storage.errors import CacheError, StorageError
+from kdcache.storage.errors import CacheError, DiskFullError, StorageError, is_disk_full
 from kdcache.storage.flock import BuildLock
 from kdcache.storage.lease import LeaseLock
 from kdcache.storage.local import LocalStorage
@@ -30,12 +30,14 @@ __all__ = [
     "BuildLock",
     "CacheError",
     "CacheLockedError",
+    "DiskFullError",
     "FsspecStorage",
     "LeaseLock",
     "LocalStorage",
     "Storage",
     "StorageError",
     "build_lock",
+    "is_disk_full",
     "is_temp",
     "is_url",
     "open_storage",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from kdcache.storage.atomic import tree_size, write_atomic
 from kdcache.storage.base import Storage
+from kdcache.storage.errors import is_disk_full
 
 
 class LocalStorage(Storage):
@@ -39,10 +41,22 @@ class LocalStorage(Storage):
             raise self.missing(key) from None
 
     def write(self, key: str, data: bytes) -> None:
-        write_atomic(self.root / key, data)
+        with self._naming_full_disk(key):
+            write_atomic(self.root / key, data)
 
     def write_new(self, key: str, data: bytes) -> bool:
-        return write_atomic(self.root / key, data, exclusive=True)
+        with self._naming_full_disk(key):
+            return write_atomic(self.root / key, data, exclusive=True)
+
+    @contextlib.contextmanager
+    def _naming_full_disk(self, key: str) -> Iterator[None]:
+        """A full disk named with the file being written: write(2) and fsync(2) errors carry no path."""
+        try:
+            yield
+        except OSError as e:
+            if not is_disk_full(e) or e.filename:
+                raise
+            raise OSError(e.errno, e.strerror, self.where(key)) from e
 
     def exists(self, key: str = "") -> bool:
         return (self.root / key).exists()

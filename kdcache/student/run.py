@@ -248,6 +248,9 @@ def run_train(
         if world.is_main and on_start is not None:
             on_start(tuple(info))
         result = trainer.fit(source, resume=args.resume)
-        return TrainOutcome(result if world.is_main else None, tuple(info))
-    finally:
-        close_world(world)
+    except BaseException:
+        # Leave the process group as it is: tearing it down may wait on ranks inside a collective.
+        close_world(world, failed=True)
+        raise
+    close_world(world)
+    return TrainOutcome(result if world.is_main else None, tuple(info))

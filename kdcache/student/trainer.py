@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from kdcache.bottleneck import FeedTimes
-from kdcache.distributed import World
+from kdcache.distributed import World, failure_point
 from kdcache.models.normalize import Normalize
 from kdcache.models.online_teacher import Teacher
 from kdcache.models.precision import AMP_CHOICES, amp_dtype
@@ -465,6 +465,7 @@ class Trainer:
             batch.validate_pairs()
 
     def _step(self, batch: TrainBatch, epoch: int, step: int) -> LossParts:
+        failure_point("train-step")  # tests only: a rank failing mid-epoch (KDCACHE_TEST_FAIL)
         self._check(batch)
         # Dropout / stochastic depth (if the recipe turns them on) draw from torch's global RNG:
         # re-seed it per step from (seed, epoch, step, rank), so a resumed run draws the same.

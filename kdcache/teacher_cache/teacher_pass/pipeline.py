@@ -9,17 +9,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from kdcache.data.wds_source import open_source
-from kdcache.distributed import close_world, init_world
+from kdcache.distributed import close_world, failure_point, init_world
 from kdcache.errors import UsageError
 from kdcache.models.teacher import TeacherInfo, create_teacher
 from kdcache.recipe import Recipe, load_recipe
-from kdcache.storage import Storage, build_lock, open_storage
+from kdcache.storage import CacheError, DiskFullError, Storage, build_lock, is_disk_full, open_storage
 from kdcache.teacher_cache.store import (
     Manifest,
     ManifestMismatchError,
@@ -209,7 +210,10 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
     manifest, store = target.manifest, target.store
     world = init_world(cfg.device)
     with contextlib.ExitStack() as stack:
-        stack.callback(close_world, world)
+        # Exits last: the lock is released and the world left before a full disk is reported.
+        stack.enter_context(_reporting_disk_full(store, len(all_units(cfg.epochs, prep.num_slots, prep.unit_size))))
+        # After a failure the process group is left as it is (close_world's docstring says why).
+        stack.push(lambda kind, _e, _tb: close_world(world, failed=kind is not None))
         # Rank 0 takes the build lock and creates (or checks) the store first, so the others only
         # ever open a valid one and no unrelated build writes alongside this job.
         error = None
@@ -227,18 +231,18 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
         if error is not None:
             raise error
         if failed is not None:
-            raise RuntimeError(f"rank 0 could not open the cache: {failed}")
+            raise CacheError(f"rank 0 could not open the cache: {failed}")
         if not world.is_main:
             writer = create_or_open_writer(store, manifest)
         completed = writer.completed_units()
         mine = assign(all_units(cfg.epochs, prep.num_slots, prep.unit_size), world.rank, world.size)
         pending = [u for u in mine if (u.epoch, u.index) not in completed]
-        write = writer.write_unit_arrays
-        if world.is_main:
 
-            def write(epoch, unit, arrays, _write=writer.write_unit_arrays):
+        def write(epoch, unit, arrays, _write=writer.write_unit_arrays):
+            failure_point("build-unit")  # tests only: a rank failing mid-build (KDCACHE_TEST_FAIL)
+            if world.is_main:
                 lock.check()  # a lease on an object store can be lost; stop before the next commit
-                _write(epoch, unit, arrays)
+            _write(epoch, unit, arrays)
 
         if world.is_main:
             print(plan_line(store, manifest, cfg, completed, world.size), file=sys.stderr, flush=True)
@@ -280,6 +284,28 @@ def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | 
             layer=target.layer,
         )
     return None
+
+
+@contextlib.contextmanager
+def _reporting_disk_full(store: str, total_units: int) -> Iterator[None]:
+    """Turn a write that found no space (ENOSPC, EDQUOT) into one line: where, how many units are
+    committed, and that the same command resumes. Every write is atomic (storage/atomic.py), so a unit cut
+    short left no marker and no half-written file under its final name: readers and the rerun ignore it."""
+    try:
+        yield
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        where = e.filename or _storage(store).absolute()
+        committed = None
+        with contextlib.suppress(Exception):  # counting only reads; a cache with no header yet has none
+            committed = len(open_cache(store, allow_unfinished=True).completed_units())
+        count = "no" if not committed else f"{committed} of {total_units}"
+        raise DiskFullError(
+            f"disk full at {where}, {count} units committed, rerun to resume: free space, then run the same "
+            "command again (committed units are kept)",
+            str(where),
+        ) from e
 
 
 @dataclass(frozen=True)
