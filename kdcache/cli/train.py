@@ -38,7 +38,8 @@ from kdcache.cli.common import fail_cleanly
 @click.option(
     "--teacher-weights",
     type=click.Path(),
-    help="Local teacher weights: narrows the registry search; online mode: the weights to run.",
+    help="Local teacher weights: narrows the registry search; --kd online: the weights to run [default: the file "
+    "the cache records, checked against its sha256; a cache built from timm's download downloads them again].",
 )
 @click.option("--config", help="Preset name or recipe YAML for the training part (augmentation comes from the cache).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Student epochs [recipe: 610]; cooldown is kept.")
@@ -71,7 +72,12 @@ from kdcache.cli.common import fail_cleanly
     type=click.IntRange(min=0),
     help="Also save the resumable checkpoint every N steps within an epoch (0: at epoch ends only).",
 )
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar.")
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="Progress bar (the epoch's mean loss so far, lr, data wait); one line per epoch is printed either way.",
+)
 @click.option(
     "--allow-epoch-reuse",
     is_flag=True,
@@ -113,6 +119,7 @@ def train(**options) -> None:
         dataclasses.replace(args, cache=cache),
         recorded_build_command,
         on_start=lambda lines: click.echo("\n".join(lines)),
+        on_epoch=lambda line: click.echo(line, err=True),
     )
     if outcome.result is not None:
         click.echo("\n".join(summary_lines(outcome.result, args.workers)), err=True)
@@ -123,6 +130,13 @@ def summary_lines(result, workers: int) -> list[str]:
     from kdcache.bottleneck import STUDENT_REMEDY, feed_report
 
     lines = [f"kdcache train finished: {result.out_dir} ({result.epochs_done} epochs, {result.global_step} steps)"]
+    t = result.train_loss
+    parts = ", ".join(f"{k.upper()} {t[k]:.4f}" for k in ("kd", "ce") if k in t)
+    lines.append(
+        f"  final train loss {t['loss']:.4f}" + (f" ({parts})" if parts else "") + f" (epoch {result.epochs_done})"
+        if "loss" in t
+        else "  final train loss: none recorded (no epoch finished in this run directory)"
+    )
     if result.final is not None:
         lines.append(
             f"  averaged EMA of epochs {result.averaged_epochs}: "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -121,6 +123,50 @@ def create_teacher(
         input_size=tuple(int(x) for x in cfg["input_size"]),  # type: ignore[arg-type]
         interpolation=str(cfg["interpolation"]),
     )
+    return model, info
+
+
+def recorded_weights(record: Mapping[str, Any]) -> str | None:
+    """The local weights file a cache's manifest records for its teacher (``teacher.weights``); None where
+    the cache was built from timm's pretrained download ("hub") or records nothing."""
+    weights = record.get("weights")
+    return None if not weights or weights == "hub" else str(weights)
+
+
+def create_recorded_teacher(
+    record: Mapping[str, Any],
+    name: str | None = None,
+    weights: str | Path | None = None,
+    num_classes: int | None = None,
+) -> tuple[torch.nn.Module, TeacherInfo]:
+    """The teacher a cache was built with, to run it again (``train --kd online``).
+
+    ``weights`` (--teacher-weights) wins. Otherwise the file the manifest records is loaded and its
+    sha256 checked against the recorded one; timm's pretrained download runs only for a cache built
+    from it. A recorded file that is gone or changed stops here, naming the way out: the hub's weights
+    would be another teacher, and on an offline machine the download spends a minute in retries first.
+    """
+    name = name or record.get("name") or record.get("id")
+    if not name:
+        raise TeacherError("the cache records no teacher name: pass --teacher NAME --teacher-weights FILE")
+    if weights is not None:
+        return create_teacher(name, weights, num_classes)
+    path = recorded_weights(record)
+    if path is None:
+        return create_teacher(name, None, num_classes)
+    expected = str(record.get("weights_sha256") or "")
+    if not Path(path).is_file():
+        raise TeacherError(
+            f"the cache's teacher {name} was built with the weights file {path}, which is not there (any more, or "
+            f"not from this directory); pass it with --teacher-weights FILE (weights sha256 {expected[:16]}...)"
+        )
+    model, info = create_teacher(name, path, num_classes)
+    if expected and info.weights_sha256 != expected:
+        raise TeacherError(
+            f"{path} is not the teacher the cache was built with: its weights' sha256 is "
+            f"{info.weights_sha256[:16]}..., the cache records {expected[:16]}...; pass the build's weights with "
+            "--teacher-weights FILE"
+        )
     return model, info
 
 

@@ -20,6 +20,7 @@ from kdcache.teacher_cache.teacher_pass.command import extend_command, with_epoc
 from kdcache.views.replay import LIKELY_CAUSE, ReplayMismatch, open_replay, replay_sample
 
 if TYPE_CHECKING:
+    from kdcache.models.teacher import TeacherInfo
     from kdcache.student.trainer import FitResult
 
 log = logging.getLogger("kdcache.train")
@@ -99,6 +100,31 @@ def check_temperature(kd: str, temperature: float, topk: int, num_classes: int, 
         )
 
 
+def online_teacher(reader, name: str | None, weights: str | None) -> tuple[torch.nn.Module, TeacherInfo, list[str]]:
+    """(model, TeacherInfo, start lines) of ``--kd online``: the teacher ``name`` (default: the cache's) with
+    ``weights`` (--teacher-weights) or else the weights file its cache or layer records, sha256 checked;
+    timm's pretrained download only for a teacher the cache does not hold or one built from the hub."""
+    from kdcache.models.teacher import create_recorded_teacher
+    from kdcache.student.teachers import select_teachers
+
+    m = reader.manifest
+    record = m.teacher
+    if name is not None:
+        try:
+            record = select_teachers(reader, name)[0].teacher  # the layer of that name: its weights file
+        except UsageError:
+            record = {}  # a teacher the cache does not hold: run it as named
+    model, tinfo = create_recorded_teacher(record, name, weights, num_classes=m.num_classes)
+    same = tinfo.weights_sha256 == record.get("weights_sha256")
+    lines = [
+        f"teacher: {tinfo.name} run online, weights {tinfo.weights} (sha256 {tinfo.weights_sha256[:12]}..."
+        + (", the cache's teacher)" if same else ")")
+    ]
+    if not same:
+        lines.append("note: the online teacher's weights differ from the cache's teacher")
+    return model, tinfo, lines
+
+
 @dataclass(frozen=True)
 class TrainOutcome:
     """What ``kdcache train`` did: the fit's result (None on ranks other than 0) and the start lines that
@@ -112,15 +138,16 @@ def run_train(
     args: TrainArgs,
     recorded_build_command: Callable[[str], str | None] | None = None,
     on_start: Callable[[tuple[str, ...]], None] | None = None,
+    on_epoch: Callable[[str], None] | None = None,
 ) -> TrainOutcome:
     """Train and return what happened; print nothing.
 
     ``recorded_build_command(cache)`` (the CLI passes the registry's) gives the command that built a
     cache, used to say how to extend it. ``on_start(lines)`` is called on rank 0 with the start lines
-    once everything is checked, just before the first step (the CLI prints them there).
+    once everything is checked, just before the first step (the CLI prints them there). ``on_epoch(line)``
+    gets one line per finished epoch on rank 0 (default: the "kdcache.train" logger).
     """
     from kdcache.models.online_teacher import OnlineTeacher
-    from kdcache.models.teacher import create_teacher
     from kdcache.student.cache_source import CacheBatchSource
     from kdcache.student.evaluate import make_val_loader
     from kdcache.student.teachers import choose_teachers, common_epochs
@@ -155,15 +182,18 @@ def run_train(
             f"{m.teacher.get('name', m.teacher['id'])}"
         ]
         layered = choice.named
-        if layered:
+        # The same lines whether the cache was named (--cache) or found from --teacher and --data.
+        if args.kd == "cached":
             info.append(
                 ("teacher: " if len(teachers) == 1 else "teachers (weighted mean of their distributions): ")
                 + "; ".join(t.describe() for t in teachers)
             )
+        elif args.kd == "none":
+            info.append("teacher: not run (--kd none: cross-entropy on the mixed labels alone)")
         for t in teachers:
             tm = t.reader.manifest
             info.append(
-                (f"soft labels of {t.name}: " if layered else "soft labels: ")
+                (f"soft labels of {t.name}: " if len(teachers) > 1 else "soft labels: ")
                 + f"{tm.label_scheme} of {m.num_classes}; {format_summary(read_summary(t.reader.storage))}"
             )
         if recipe.train.epochs > len(epochs):
@@ -182,15 +212,10 @@ def run_train(
                 f"student epochs ({recipe.train.epochs}) exceed the cached epochs ({len(epochs)}): epoch e replays "
                 f"cached epoch e mod {len(epochs)}, each pass in a fresh pair order; coverage: {cov.describe()}"
             )
-        if args.replay_check > 0 and world.is_main:
-            n = replay_check(reader, engine, args.replay_check)
-            info.append(f"replay check: {n} re-rendered views match their stored digests")
         teacher = None
-        if args.kd == "online":
-            name = args.teacher or m.teacher.get("name") or m.teacher["id"]
-            model, tinfo = create_teacher(name, args.teacher_weights, num_classes=m.num_classes)
-            if tinfo.weights_sha256 != m.teacher["weights_sha256"]:
-                info.append("note: the online teacher's weights differ from the cache's teacher")
+        if args.kd == "online":  # before the replay check: a missing or changed weights file stops at once
+            model, tinfo, lines = online_teacher(reader, args.teacher, args.teacher_weights)
+            info += lines
             teacher = OnlineTeacher(
                 model.to(args.device),
                 tinfo.mean,
@@ -198,6 +223,9 @@ def run_train(
                 args.channels_last,
                 amp_dtype(args.amp),
             )
+        if args.replay_check > 0 and world.is_main:
+            n = replay_check(reader, engine, args.replay_check)
+            info.append(f"replay check: {n} re-rendered views match their stored digests")
         val = None
         if args.val_data:
             loader = make_val_loader(
@@ -228,6 +256,7 @@ def run_train(
             channels_last=args.channels_last,
             progress=args.progress,
             checkpoint_every_steps=args.checkpoint_every,
+            on_epoch=on_epoch,
         )
         trainer = Trainer(
             recipe,

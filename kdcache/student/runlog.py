@@ -73,6 +73,24 @@ class RunLog:
             self.writer = None
 
 
+def epoch_line(entry: Mapping[str, Any], epochs: int) -> str:
+    """One line per finished epoch, from its metrics.jsonl entry: what a run without a bar still shows.
+
+    ``epoch 3/10: loss 0.8123 (KD 0.7012, CE 1.2566), lr 0.0183, 412 img/s, data wait 38%, val top-1 97.33%
+    (EMA 97.67%)``. KD and CE are the unweighted parts (loss = kd_weight x KD + ce_weight x CE).
+    """
+    t = entry.get("train") or {}
+    parts = ", ".join(f"{k.upper()} {t[k]:.4f}" for k in ("kd", "ce") if k in t)
+    line = f"epoch {entry['epoch']}/{epochs}: loss {t.get('loss', math.nan):.4f}" + (f" ({parts})" if parts else "")
+    line += f", lr {entry.get('lr', math.nan):.3g}, {entry.get('img_per_s', math.nan):.0f} img/s"
+    line += f", data wait {entry.get('data_time_share', math.nan):.0%}"
+    if "val" in entry:
+        line += f", val top-1 {entry['val']['top1']:.2f}%"
+        if "val_ema" in entry:
+            line += f" (EMA {entry['val_ema']['top1']:.2f}%)"
+    return line
+
+
 def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(out_dir) / METRICS_FILE
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from kdcache.student.ema import create_ema, set_total_updates
 from kdcache.student.evaluate import EvalResult, evaluate
 from kdcache.student.loss import KDLoss, LossParts
 from kdcache.student.optim import create_optimizer
-from kdcache.student.runlog import RunLog
+from kdcache.student.runlog import RunLog, epoch_line
 from kdcache.student.schedule import create_scheduler
 from kdcache.student.targets import TeacherTarget
 
@@ -48,6 +49,7 @@ LAST_FILE = "last.pt"
 BEST_DIR = "ema_best"
 FINAL_FILE = "final.pt"
 _STEP_SEED_TAG = 0x57E9_5EED
+_log = logging.getLogger("kdcache.train")
 
 
 class TrainError(RuntimeError):
@@ -67,6 +69,9 @@ class RunOptions:
     tensorboard: bool = True
     checkpoint_every_steps: int = 0  # also save last.pt every n updates within an epoch; 0: epoch ends only
     validate_pairs: bool = True  # verify the pair structure of every batch (cheap)
+    # Gets one line per epoch on rank 0 (loss and its parts, lr, throughput, data wait, val top-1), with or
+    # without the bar; None: the "kdcache.train" logger at INFO.
+    on_epoch: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -92,6 +97,7 @@ class FitResult:
     train_seconds: float = 0.0
     data_seconds: float = 0.0
     step_seconds: float = 0.0  # in the optimiser steps themselves (not checkpoint writes or logging)
+    train_loss: dict[str, float] = field(default_factory=dict)  # the last epoch's mean loss, kd, ce
 
     @property
     def feed(self) -> FeedTimes:
@@ -303,6 +309,8 @@ class Trainer:
                 if score is not None:
                     dropped = self.best.consider(self.epoch, score, self._ema_state, write=self.dist.is_main)
                 log.record(entry)
+                if self.dist.is_main:
+                    (self.options.on_epoch or _log.info)(epoch_line(entry, cfg.epochs))
                 log.scalars(_flat_scalars(entry), self.global_step)
                 log.flush()
                 self._save_last()
@@ -327,6 +335,7 @@ class Trainer:
             self.train_seconds,
             self.data_seconds,
             self.step_seconds,
+            dict(self.last_metrics.get("train") or {}),
         )
 
     def _ema_state(self) -> dict[str, Any]:
@@ -415,14 +424,16 @@ class Trainer:
                 self.step_in_epoch = step + 1
                 for k, v in parts.detached().items():
                     sums[k] = sums.get(k, 0) + v.double()
+                if not bar.disable:  # every step: the epoch's mean loss so far, the lr, the data wait
+                    postfix = {k: f"{float(sums[k]) / run:.4g}" for k in ("loss", "kd", "ce") if k in sums}
+                    postfix["lr"] = f"{self._lr():.3g}"
+                    postfix["data"] = f"{data_s / max(time.perf_counter() - t0, 1e-9):.0%}"
+                    bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
                 if self.global_step % self.cfg.log_every == 0:
                     now = {k: float(v) for k, v in parts.detached().items()}
                     now["lr"] = self._lr()
                     log.scalars(now, self.global_step, prefix="step/")
-                    postfix = {k: f"{v:.4g}" for k, v in now.items()}
-                    postfix["data"] = f"{data_s / max(time.perf_counter() - t0, 1e-9):.0%}"
-                    bar.set_postfix(postfix)
                 if step + 1 < steps:
                     if stop_at_step is not None and self.global_step >= stop_at_step:
                         return None
