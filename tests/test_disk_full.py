@@ -62,7 +62,8 @@ def test_a_full_disk_stops_the_build_cleanly_and_the_rerun_completes_it(setup, t
         proc = run_cli(*build(data, weights, out, backend), check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if "disk full" in x]
-    assert line.startswith(f"Error: disk full at {out}/") and "2 of 10 units committed, rerun to resume" in line
+    assert line.startswith(f"Error: disk full at {out}/") and "(No space left on device)" in line
+    assert "2 of 10 units committed, rerun to resume" in line
 
     # Nothing half-written is visible: no temporary file is left, and every committed unit reads back whole.
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]

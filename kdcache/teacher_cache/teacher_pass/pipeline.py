@@ -302,8 +302,8 @@ def _reporting_disk_full(store: str, total_units: int) -> Iterator[None]:
             committed = len(open_cache(store, allow_unfinished=True).completed_units())
         count = "no" if not committed else f"{committed} of {total_units}"
         raise DiskFullError(
-            f"disk full at {where}, {count} units committed, rerun to resume: free space, then run the same "
-            "command again (committed units are kept)",
+            f"disk full at {where} ({e.strerror}), {count} units committed, rerun to resume: free space, then "
+            "run the same command again (committed units are kept)",
             str(where),
         ) from e
 
