@@ -491,14 +491,14 @@ def test_verify_passes_on_a_format_2_cache_and_catches_a_wrong_tail_code(setup, 
 def test_formats_do_not_mix_in_one_cache_but_a_format_2_layer_can_join_a_format_1_cache(setup, v2_cache):
     root, data, t1, t2 = setup
     v1 = root / "v1"
-    run_cli(*tiny_build(data, t1, v1))
+    run_cli(*tiny_build(data, t1, v1, "--format-version", "1"))
     before = content_hash(open_cache(v1))
     for extra in ((), ("--epochs", "2")):  # resume, extend
         proc = run_cli(*tiny_build(data, t1, v1, *V2_ARGS, *extra), check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
         assert "differing field(s): format_version, tail_classes" in proc.stderr
     # and the other way: a format 2 cache resumed without --format-version 2
-    proc = run_cli(*tiny_build(data, t1, v2_cache), check=False)
+    proc = run_cli(*tiny_build(data, t1, v2_cache, "--format-version", "1"), check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "differing field(s): format_version, tail_classes" in proc.stderr
     r = open_cache(v1)  # untouched, and readable
@@ -543,14 +543,15 @@ def test_show_lists_the_tail_apart_from_the_exact_top_k(v2_cache):
 def test_the_registry_does_not_hand_a_format_1_cache_to_a_format_2_build(setup, tmp_path):
     _, data, t1, _ = setup
     root = tmp_path / "reg"
-    run_cli(*tiny_build(data, t1, None, "--cache-root", str(root)))
-    for extra in (V2_ARGS, ("--topk", "4")):
+    v1 = ("--format-version", "1")
+    run_cli(*tiny_build(data, t1, None, "--cache-root", str(root), *v1))
+    for extra in (V2_ARGS, ("--topk", "4", *v1)):
         r = run_cli(*tiny_build(data, t1, None, "--cache-root", str(root), *extra), check=False)
         assert r.returncode != 0 and "reused" not in r.stdout, r.stdout + r.stderr
         assert "as top-3 (format 1)" in r.stderr and "--out DIR" in r.stderr and "Traceback" not in r.stderr
     (entry,) = [e for e in (root).iterdir() if e.is_dir()]
     assert open_cache(entry / "zarr").manifest.format_version == 1  # what was stored is untouched
-    run_cli(*tiny_build(data, t1, None, "--cache-root", str(root)))  # the same command still reuses it
+    run_cli(*tiny_build(data, t1, None, "--cache-root", str(root), *v1))  # the same command still reuses it
 
 
 @pytest.mark.parametrize(

@@ -140,8 +140,12 @@ def test_topk_mass_over_one_is_renormalised():
 def test_topk_rejects_bad_ids():
     with pytest.raises(TargetError, match="class ids"):
         TeacherTarget.from_topk(torch.zeros(1, 2, dtype=torch.float16), _t([[0, 7]], torch.int64), 5)
-    with pytest.raises(TargetError, match="width"):
-        TeacherTarget.from_topk(torch.zeros(1, 6, dtype=torch.float16), torch.zeros(1, 6, dtype=torch.int64), 5)
+    with pytest.raises(TargetError, match="at least one column"):
+        TeacherTarget.from_topk(torch.zeros(1, 0, dtype=torch.float16), torch.zeros(1, 0, dtype=torch.int64), 5)
+    # rows wider than the classes are format 3's repeated draws: a class drawn twice holds twice the mass
+    lp = torch.log(torch.tensor([[0.5, 0.25, 0.25]])).half()
+    probs = TeacherTarget.from_topk(lp, _t([[0, 1, 1]], torch.int64), 2).probs
+    torch.testing.assert_close(probs, torch.tensor([[0.5, 0.5]]), atol=1e-3, rtol=0)  # float16 log-probs
 
 
 def test_matches_the_store_reconstruction():

@@ -54,21 +54,18 @@ if TYPE_CHECKING:  # the command's modules load lazily (kdcache/cli/main.py)
 @click.option("--repeats", type=click.IntRange(1, 255), help="Repeated augmentation R [recipe: 3].")
 @click.option(
     "--topk",
-    default=10,
-    show_default=True,
     type=click.IntRange(min=1),
-    help="Classes per view stored with their exact (fp16) probability; the rest of the mass (after format "
-    "2's tail) is spread evenly over the other classes, or (format 3) carried by --draws draws from it.",
+    help="Classes per view stored with their exact (fp16) probability [format 3: 5; formats 1 and 2: 10, or "
+    "every class of a teacher with fewer]. The rest of the mass is carried by format 3's draws, or spread "
+    "evenly over the other classes (format 1; format 2 first stores a tail).",
 )
 @click.option(
     "--format-version",
     type=click.IntRange(1, 3),
-    default=1,
-    show_default=True,
-    help="Cache format. 2 adds a tail: the next --tail-classes classes with 4-bit log-probs (~14 B/view "
-    "more at 1000 classes; cuts the soft labels' KL to the teacher by about a third). 3 adds --draws classes "
-    "drawn from the rest of the teacher's distribution: unbiased, they average to the teacher "
-    "(docs/cache-format.md).",
+    help="Cache format [a teacher whose classes fit in the top-k: 1, storing every class exactly; else 3]. "
+    "1: the top-k, the rest spread evenly (biased at 1000 classes). 2 adds a tail: the next --tail-classes "
+    "classes with 4-bit log-probs. 3 adds --draws classes drawn from the rest of the teacher's distribution: "
+    "unbiased, they average to the teacher (docs/cache-format.md; docs/parity.md for the students they train).",
 )
 @click.option(
     "--tail-classes",
@@ -230,6 +227,7 @@ def _resolve_destination(cfg: BuildConfig) -> tuple[BuildConfig, PreparedBuild, 
 
         cfg = dataclasses.replace(cfg, out=resolve_cache_arg(cfg.cache, finished=True, root=cfg.cache_root), cache=None)
     prep = prepare_build(cfg)
+    cfg = cfg.for_classes(prep.manifest.num_classes)  # the label scheme settled for the teacher
     dest = None
     out = cfg.out
     if out is None:

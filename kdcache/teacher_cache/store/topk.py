@@ -32,10 +32,11 @@ def topk_to_probs(logprobs: Any, classes: Any, num_classes: int, temperature: fl
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     k = logprobs.shape[-1]
-    if tuple(classes.shape) != tuple(logprobs.shape) or not 1 <= k <= num_classes:
+    # k may exceed C: format 3 stores a class drawn n times in n columns (store/draws.py).
+    if tuple(classes.shape) != tuple(logprobs.shape) or k < 1:
         raise ValueError(
             f"logprobs {tuple(logprobs.shape)} and classes {tuple(classes.shape)} must have equal shapes "
-            f"(..., k) with 1 <= k <= {num_classes}"
+            "(..., k) with k >= 1"
         )
     if type(logprobs).__module__.startswith("torch"):
         return _torch_probs(logprobs, classes, num_classes, temperature)

@@ -19,12 +19,19 @@ def build_command(cfg: BuildConfig) -> str:
     """The command that builds ``cfg``'s cache into the registry: what determines its content, not where it
     goes or how fast."""
     parts = ["kdcache", "build", "--teacher", cfg.teacher, "--data", cfg.data, "--format", cfg.format]
-    parts += ["--epochs", str(cfg.resolved_epochs()), "--seed", str(cfg.seed), "--topk", str(cfg.topk)]
+    parts += ["--epochs", str(cfg.resolved_epochs()), "--seed", str(cfg.seed)]
+    # A settled scheme is written out in full, so the command means the same whatever the defaults become;
+    # an unsettled one (a hint for a teacher not loaded yet) leaves the choice to the build.
+    if cfg.topk is not None:
+        parts += ["--topk", str(cfg.topk)]
     parts += ["--recipe", cfg.recipe]
-    if cfg.format_version == 2:
-        parts += ["--format-version", "2", "--tail-classes", str(cfg.tail())]
-    if cfg.format_version == 3:
-        parts += ["--format-version", "3", "--draws", str(cfg.draws_per_view())]
+    version = cfg.implied_format()
+    if version is not None:
+        parts += ["--format-version", str(version)]
+    if version == 2:
+        parts += ["--tail-classes", str(cfg.tail())]
+    if version == 3:
+        parts += ["--draws", str(cfg.draws_per_view())]
     for flag, value in (("--repeats", cfg.repeats), ("--image-size", cfg.image_size)):
         if value is not None:
             parts += [flag, str(value)]

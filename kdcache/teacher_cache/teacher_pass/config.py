@@ -14,6 +14,9 @@ from kdcache.models.precision import amp_dtype, has_split_head, precision_name
 DEFAULT_TAIL_CLASSES = 10
 # Format 3's draws from the rest of the distribution (store/draws.py; docs/benchmarks.md for the choice).
 DEFAULT_DRAWS = 32
+# The exact top-k of formats 1 and 2, and of format 3 (docs/parity.md: the students they train).
+DEFAULT_TOPK = 10
+DEFAULT_DRAW_TOPK = 5
 
 
 @dataclass(frozen=True)
@@ -26,8 +29,10 @@ class BuildConfig:
     format: str = "zarr"
     epochs: int | None = None  # None: the recipe's training epochs (a student should not cycle a short cache)
     repeats: int | None = None  # None: the recipe's
-    topk: int = 10
-    format_version: int = 1  # 2: the top-k plus a tail of 4-bit log-probs (store/labels.py); 3: plus draws
+    # None: chosen for the teacher (for_classes): every class exactly where they fit in DEFAULT_TOPK,
+    # else format 3's DEFAULT_DRAW_TOPK + DEFAULT_DRAWS draws; formats 1 and 2 default to DEFAULT_TOPK.
+    topk: int | None = None
+    format_version: int | None = None  # 1: top-k; 2: plus a 4-bit tail (store/labels.py); 3: plus draws
     tail_classes: int | None = None  # format 2's tail; None: DEFAULT_TAIL_CLASSES
     draws: int | None = None  # format 3's draws from the rest (store/draws.py); None: DEFAULT_DRAWS
     image_size: int | None = None  # None: the recipe's
@@ -54,16 +59,18 @@ class BuildConfig:
             raise UsageError(f"--format must be zarr or wds, got {self.format!r}")
         if self.epochs is not None and self.epochs < 1:
             raise UsageError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.topk < 1:
+        if self.topk is not None and self.topk < 1:
             raise UsageError(f"--topk must be >= 1, got {self.topk}")
-        if self.format_version not in (1, 2, 3):
+        if self.format_version not in (None, 1, 2, 3):
             raise UsageError(f"--format-version must be 1, 2 or 3, got {self.format_version}")
-        if self.tail_classes is not None and self.format_version != 2:
+        if self.tail_classes is not None and self.draws is not None:
+            raise UsageError("--tail-classes (format 2) and --draws (format 3) exclude each other; give one")
+        if self.tail_classes is not None and self.format_version not in (None, 2):
             raise UsageError(
                 f"--tail-classes needs --format-version 2 (format {self.format_version} stores no tail); add "
                 "--format-version 2"
             )
-        if self.draws is not None and self.format_version != 3:
+        if self.draws is not None and self.format_version not in (None, 3):
             raise UsageError(
                 f"--draws needs --format-version 3 (format {self.format_version} stores no draws); add "
                 "--format-version 3"
@@ -99,15 +106,36 @@ class BuildConfig:
         """This config with every default that depends on the recipe filled in."""
         return self if self.epochs is not None else dataclasses.replace(self, epochs=self.resolved_epochs())
 
+    def implied_format(self) -> int | None:
+        """--format-version, or the one --tail-classes (2) or --draws (3) implies; None: the teacher decides."""
+        if self.format_version is not None:
+            return self.format_version
+        return 2 if self.tail_classes is not None else 3 if self.draws is not None else None
+
+    def for_classes(self, num_classes: int) -> BuildConfig:
+        """This config with its label scheme settled for a teacher of ``num_classes`` classes.
+
+        Without --format-version (or --tail-classes / --draws), a teacher whose classes all fit in the top-k
+        (--topk, or DEFAULT_TOPK) stores every class exactly (format 1); a larger one stores format 3's
+        exact top-k plus draws, which average to the teacher (docs/cache-format.md, docs/parity.md).
+        """
+        version = self.implied_format()
+        if version is None:
+            version = 1 if num_classes <= (self.topk or DEFAULT_TOPK) else 3
+        topk = self.topk
+        if topk is None:
+            topk = DEFAULT_DRAW_TOPK if version == 3 else min(DEFAULT_TOPK, num_classes)
+        return dataclasses.replace(self, format_version=version, topk=topk)
+
     def tail(self) -> int:
-        """Classes stored after the top-k: 0 in format 1."""
-        if self.format_version != 2:
+        """Classes stored after the top-k: 0 unless format 2."""
+        if self.implied_format() != 2:
             return 0
         return DEFAULT_TAIL_CLASSES if self.tail_classes is None else self.tail_classes
 
     def draws_per_view(self) -> int:
         """Draws from the rest of the distribution stored per view: 0 unless format 3."""
-        if self.format_version != 3:
+        if self.implied_format() != 3:
             return 0
         return DEFAULT_DRAWS if self.draws is None else self.draws
 

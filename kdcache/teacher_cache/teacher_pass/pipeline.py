@@ -149,6 +149,7 @@ def prepare_build(cfg: BuildConfig) -> PreparedBuild:
     source = open_source(cfg.data)
     model, tinfo = create_teacher(cfg.teacher, cfg.teacher_weights)
     cmap = class_map(source.classes, model)
+    cfg = cfg.for_classes(tinfo.num_classes)
     _check_label_width(cfg, tinfo.num_classes)
     engine = ViewEngine(source, recipe.augment, cfg.seed)
     num_slots = num_slots_for(len(source))
@@ -205,7 +206,7 @@ def _check_label_width(cfg: BuildConfig, num_classes: int) -> None:
 def run_build(cfg: BuildConfig, prep: PreparedBuild, out: str) -> BuildResult | None:
     """Build (or resume, or extend) the cache of ``prep`` at ``out``; every rank of a torchrun job calls
     this. Returns the result on rank 0, None on the others."""
-    cfg = cfg.resolved()
+    cfg = cfg.resolved().for_classes(prep.manifest.num_classes)  # the label scheme prepare_build settled
     target = plan_target(out, prep.manifest, cfg.epochs)  # every rank reads the same stored manifest
     manifest, store = target.manifest, target.store
     world = init_world(cfg.device)
