@@ -41,10 +41,35 @@ def views_remedy(workers: int) -> str:
     return f"views are the bottleneck: raise --workers (now {workers}) or use more CPU cores"
 
 
-TEACHER_REMEDY = (
-    "the teacher is the bottleneck: a faster teacher path (--amp, --channels-last, --compile, a bigger --batch-size)"
-)
-STUDENT_REMEDY = "the student step is the bottleneck: a faster student path (--amp, --channels-last, --compile)"
+def _on_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def teacher_remedy(device: str) -> str:
+    """What speeds up the teacher of a build on ``device``. --amp, --channels-last and --compile pay on a
+    GPU's tensor cores; on a CPU autocast is often slower (no bf16/fp16 units) and the teacher already
+    shares the cores with the rendering workers, so the remedies there are hardware."""
+    if _on_cuda(device):
+        return (
+            "the teacher is the bottleneck: a faster teacher path (--amp, --channels-last, --compile, a bigger "
+            "--batch-size)"
+        )
+    return (
+        f"the teacher is the bottleneck: on {device}, run it on a GPU (--device cuda) or on more CPU cores; a "
+        "bigger --batch-size may help a little"
+    )
+
+
+def student_remedy(device: str) -> str:
+    """What speeds up the student step on ``device`` (see :func:`teacher_remedy` for why CPU differs)."""
+    if _on_cuda(device):
+        return "the student step is the bottleneck: a faster student path (--amp, --channels-last, --compile)"
+    return f"the student step is the bottleneck: on {device}, train on a GPU (--device cuda) or on more CPU cores"
+
+
+# The CUDA remedies, for callers that do not pass the device (prefer teacher_remedy / student_remedy).
+TEACHER_REMEDY = teacher_remedy("cuda")
+STUDENT_REMEDY = student_remedy("cuda")
 
 
 def feed_report(times: FeedTimes, workers: int, model: str, model_remedy: str) -> str:

@@ -39,10 +39,10 @@ from kdcache.teacher_cache.store.wds.tar import build_shard
 # The writer's own documents, so the metadata bytes are the writer's and not a copy of its layout.
 from kdcache.teacher_cache.store.zarr.writer import _epoch_template, _root_doc
 from kdcache.teacher_cache.teacher_pass.config import BuildConfig
-from kdcache.teacher_cache.teacher_pass.loop import BuildBatches, StoredViews
+from kdcache.teacher_cache.teacher_pass.loop import BuildBatches, StoredViews, human_duration
 from kdcache.teacher_cache.teacher_pass.pipeline import PreparedBuild, plan_target
 from kdcache.teacher_cache.teacher_pass.runner import TeacherRunner
-from kdcache.teacher_cache.teacher_pass.schedule import Unit, all_units, assign, unit_batches
+from kdcache.teacher_cache.teacher_pass.schedule import BatchSchedule, Unit, all_units, assign
 
 # Compressed / raw bytes of each zarr field, from benchmarks/epoch_load.py at ImageNet scale (units of
 # 10,240 views, k = 10, 1000 classes; docs/benchmarks.md "Per field (zarr)"): sample_id 1.61 of 4 B,
@@ -74,8 +74,8 @@ UNITS_IN_MEMORY = 4
 # measurement has run this long.
 MEASURE_BATCHES = 4
 MEASURE_SECONDS = 60.0
-# Schedule bytes per view are measured on a prefix of the rank's share of at most this many views.
-SCHEDULE_SAMPLE_VIEWS = 262_144
+# Schedule bytes per unit are measured on a prefix of the cache's units of at most this many units.
+SCHEDULE_SAMPLE_UNITS = 4096
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class BuildPlan:
     bytes_now: int  # already at the destination's store
     bytes: ByteEstimate  # the store when complete
     bytes_new: int  # expected bytes this build writes
-    schedule_bytes_per_view: float
+    schedule_bytes_per_unit: float
     ram_schedule: int
     ram_in_flight: int
     batches_in_flight: int
@@ -241,9 +241,14 @@ def fidelity_unit_bytes(views: int) -> int:
     return FIDELITY_BASE + FIDELITY_PER_BIN * bins
 
 
+# ZarrWriter._write's commit marker, json.dumps of {"epoch": E, "unit": U, "slots": [A, B]} and a newline:
+# this text around the four numbers (counted by digits, not dumped: a 610-epoch plan has 76,860 markers).
+_MARKER_TEXT = len(json.dumps({"epoch": 0, "unit": 0, "slots": [0, 0]})) - 4 + 1
+
+
 def _marker_bytes(unit: Unit) -> int:
-    info = {"epoch": unit.epoch, "unit": unit.index, "slots": [unit.start, unit.start + unit.size]}
-    return len(json.dumps(info)) + 1  # ZarrWriter._write's marker, newline included
+    numbers = (unit.epoch, unit.index, unit.start, unit.start + unit.size)
+    return _MARKER_TEXT + sum(len(str(n)) for n in numbers)
 
 
 def _field_widths(manifest: Manifest) -> dict[str, int]:
@@ -361,26 +366,20 @@ def inspect_store(store: str, manifest: Manifest) -> Existing:
 
 
 def _schedule_structures(units: list[Unit], batch_size: int) -> tuple[object, ...]:
-    """What loop.run_units lays out before its first batch: unit_batches' items and batch lists, the
-    (epoch, pairs) list BuildBatches holds, and the item -> unit map."""
-    items, batches = unit_batches(units, batch_size)
-    work = [(int(items[b[0], 0]), items[b, 1]) for b in batches]
-    unit_of_item = np.repeat(np.arange(len(units)), [u.size // 2 for u in units])
-    return items, batches, work, unit_of_item
+    """What a rank holds for its schedule before its first batch: run_build's list of units (every unit
+    of every epoch; the rank's share and its pending units are lists over the same objects) and the
+    BatchSchedule loop.run_units builds over them, which computes each batch when it is asked for."""
+    fresh = [Unit(u.epoch, u.index, u.start, u.size) for u in units]  # new objects, as all_units makes them
+    return fresh, fresh[:], BatchSchedule(fresh, batch_size)
 
 
-def schedule_bytes_per_view(units: list[Unit], batch_size: int) -> float:
-    """Host bytes per view of a rank's share that its schedule takes, measured with tracemalloc on a
-    prefix of the share (numpy's buffers are traced too). benchmarks/schedule_memory.py measures
-    unit_batches alone (28.1 B/view at batch 512); this adds what run_units derives from it."""
-    sample: list[Unit] = []
-    views = 0
-    for u in units:
-        if views >= SCHEDULE_SAMPLE_VIEWS:
-            break
-        sample.append(u)
-        views += u.size
-    if not views:
+def schedule_bytes_per_unit(units: list[Unit], batch_size: int) -> float:
+    """Host bytes per work unit that a rank's schedule takes, measured with tracemalloc (numpy's buffers
+    are traced too) on up to SCHEDULE_SAMPLE_UNITS units. The same for any unit size, batch size and
+    --epochs: the batches are computed one at a time, never laid out (benchmarks/performance/
+    schedule_memory.py measures the whole process at 2 and 610 ImageNet epochs)."""
+    sample = units[:SCHEDULE_SAMPLE_UNITS]
+    if not sample:
         return 0.0
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
@@ -393,7 +392,7 @@ def schedule_bytes_per_view(units: list[Unit], batch_size: int) -> float:
     finally:
         if not was_tracing:
             tracemalloc.stop()
-    return used / views
+    return used / len(sample)
 
 
 def teacher_bytes(model) -> int:
@@ -415,8 +414,7 @@ def measure_rate(cfg: BuildConfig, prep: PreparedBuild, units: list[Unit], store
         views += u.size
         if views >= MEASURE_BATCHES * cfg.batch_size:
             break
-    items, batches = unit_batches(needed, cfg.batch_size)
-    work = [(int(items[b[0], 0]), items[b, 1]) for b in batches[:MEASURE_BATCHES]]
+    work = BatchSchedule(needed, cfg.batch_size)[:MEASURE_BATCHES]
     data = BuildBatches(prep.engine, work, None if stored is None else StoredViews(stored))
     # No torch.compile here: it would write its compile cache (and take minutes); the basis says so.
     runner = TeacherRunner(prep.model, prep.teacher.mean, prep.teacher.std, dataclasses.replace(cfg, compile=False))
@@ -549,7 +547,7 @@ def make_plan(
     # Prefetched batches, the one in the teacher's hands and, on CUDA, its pinned copy (pin_memory).
     in_flight = (workers * PREFETCH if workers else 0) + 1 + device.startswith("cuda")
     raw_view = sum(_field_widths(manifest).values())
-    per_view_schedule = schedule_bytes_per_view(busiest, batch_size)
+    per_unit_schedule = schedule_bytes_per_unit(units, batch_size)
     rank_views = sum(u.size for u in busiest)
 
     if not pending:
@@ -588,8 +586,8 @@ def make_plan(
         bytes_now=existing.bytes_on_disk,
         bytes=whole,
         bytes_new=bytes_new,
-        schedule_bytes_per_view=per_view_schedule,
-        ram_schedule=int(per_view_schedule * rank_views),
+        schedule_bytes_per_unit=per_unit_schedule,
+        ram_schedule=int(per_unit_schedule * len(units)),
         ram_in_flight=in_flight * batch_size * size * size * 3,  # uint8 NHWC views
         batches_in_flight=in_flight,
         ram_units=min(UNITS_IN_MEMORY, len(busiest)) * manifest.unit_size * raw_view,
@@ -610,19 +608,6 @@ def human_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:,.1f} {unit}"
     return f"{n:,.0f} B"
-
-
-def human_duration(h: float) -> str:
-    s = h * 3600
-    if s < 1:
-        return "under 1 s"
-    if s < 120:
-        return f"{s:,.0f} s"
-    if s < 7200:
-        return f"{s / 60:,.0f} min"
-    if h < 72:
-        return f"{h:,.1f} h"
-    return f"{h / 24:,.1f} days"
 
 
 def _bytes_line(p: BuildPlan) -> str:
@@ -658,7 +643,8 @@ def _ram_lines(p: BuildPlan) -> list[str]:
     )
     return [
         f"  RAM per rank   about {human_bytes(p.ram_total)} of host memory: schedule {human_bytes(p.ram_schedule)} "
-        f"({p.schedule_bytes_per_view:,.1f} B/view of the busiest rank's {p.rank_views:,} views, measured), views "
+        f"({p.schedule_bytes_per_unit:,.0f} B per unit of the {p.units_total:,} units, measured; batches are "
+        "computed as they are rendered, so the views per unit do not count), views "
         f"in flight {human_bytes(p.ram_in_flight)} ({p.batches_in_flight} batch(es) of {p.batch_size} x "
         f"{p.image_size}x{p.image_size}x3 B: --workers {p.workers} x prefetch {PREFETCH} in shared memory, 1 in "
         f"the teacher's hands{pinned}), units being written {human_bytes(p.ram_units)}{teacher}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -19,29 +20,67 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from kdcache.bottleneck import TEACHER_REMEDY, FeedTimes, feed_report
+from kdcache.bottleneck import FeedTimes, feed_report, teacher_remedy
 from kdcache.distributed import World
 from kdcache.teacher_cache.store import EpochBlock, open_cache
 from kdcache.teacher_cache.store.fidelity import DRAW_STATS, STATS, FidelityStats
 from kdcache.teacher_cache.teacher_pass.assembler import UnitAssembler
 from kdcache.teacher_cache.teacher_pass.config import BuildConfig
 from kdcache.teacher_cache.teacher_pass.runner import TeacherRunner
-from kdcache.teacher_cache.teacher_pass.schedule import Unit, unit_batches
+from kdcache.teacher_cache.teacher_pass.schedule import BatchSchedule, Unit
 from kdcache.views import ViewEngine, keep_collated
 from kdcache.views.replay import ReplayMismatch
 
 REPORT_EVERY = 10  # batches between updates of the bottleneck shares on the progress bar
 LOG_EVERY = 200  # batches between bottleneck log lines when there is no progress bar
 
-# After this many batches the main rank prints its measured rate and the time the rest will take
-# (the first batches include worker start-up, so the estimate errs long rather than short).
-ESTIMATE_AFTER_BATCHES = 20
+
+def human_duration(h: float) -> str:
+    """Hours as a person reads them: 40 s, 12 min, 3.5 h, 2.1 days."""
+    s = h * 3600
+    if s < 1:
+        return "under 1 s"
+    if s < 120:
+        return f"{s:,.0f} s"
+    if s < 7200:
+        return f"{s / 60:,.0f} min"
+    if h < 72:
+        return f"{h:,.1f} h"
+    return f"{h / 24:,.1f} days"
 
 
 def eta_line(views_done: int, seconds: float, views_left: int) -> str:
     rate = views_done / seconds if seconds > 0 else 0.0
-    eta = f"about {views_left / rate / 3600:.2f} h" if rate else "unknown time"
+    eta = f"about {human_duration(views_left / rate / 3600)}" if rate else "unknown time"
     return f"teacher: {rate:.1f} views/s, {eta} for the remaining {views_left:,} views of this rank"
+
+
+def estimate_due(n: int) -> bool:
+    """Whether batch ``n`` (1-based) prints a time estimate when there is no progress bar: the first
+    batch (so even a short build shows one), then 2, 4, 8, ... while the rate settles, then every
+    LOG_EVERY batches."""
+    return n >= 1 and ((n & (n - 1) == 0 and n < LOG_EVERY) or n % LOG_EVERY == 0)
+
+
+class Eta:
+    """The rate and time left, from the first batch on. The first estimate includes the workers'
+    start-up and errs long; from the second batch on the rate is measured from the end of the first."""
+
+    def __init__(self, start: float):
+        self.start = start
+        self.first: tuple[float, int] | None = None  # (when, views) at the end of the first batch
+
+    def line(self, now: float, views_done: int, views_left: int) -> str:
+        if self.first is None:
+            self.first = (now, views_done)
+        at, views = self.first
+        if views_done > views and now > at:
+            return eta_line(views_done - views, now - at, views_left)
+        return eta_line(views_done, now - self.start, views_left)
+
+    def postfix(self, line: str) -> str:
+        """The estimate's short form for the progress bar: 'about 3 min'."""
+        return line.split(", ", 1)[1].split(" for ", 1)[0] if ", " in line else line
 
 
 class StoredViews:
@@ -73,7 +112,9 @@ class BuildBatches(Dataset):
     from its stored params and its digest checked against the stored one before the teacher sees it;
     the batch then carries the stored view arrays, so the layer's view arrays are the cache's."""
 
-    def __init__(self, engine: ViewEngine, batches: list[tuple[int, np.ndarray]], stored: StoredViews | None = None):
+    def __init__(
+        self, engine: ViewEngine, batches: Sequence[tuple[int, np.ndarray]], stored: StoredViews | None = None
+    ):
         self.engine = engine
         self.batches = batches
         self.stored = stored
@@ -120,6 +161,7 @@ class BuildStats:
     teacher_seconds: float  # in the forward + device sync (runner.topk)
     wait_seconds: float = 0.0  # blocked in the DataLoader's next(): the teacher waited for views
     workers: int = 0
+    device: str = "cpu"  # where the teacher ran: the remedy in the bottleneck report depends on it
 
     @property
     def views_per_s(self) -> float:
@@ -134,7 +176,7 @@ class BuildStats:
         return FeedTimes(self.seconds, self.wait_seconds, self.teacher_seconds)
 
     def bottleneck_report(self) -> str:
-        return feed_report(self.feed, self.workers, "teacher", TEACHER_REMEDY)
+        return feed_report(self.feed, self.workers, "teacher", teacher_remedy(self.device))
 
 
 def run_units(
@@ -148,14 +190,16 @@ def run_units(
     write_stats=None,  # (epoch, unit_index, FidelityStats) -> None, after the unit's write; None: not measured
     stored: StoredViews | None = None,  # replay these views instead of sampling (adding a teacher)
 ) -> BuildStats:
-    """Render, run the teacher and write every unit in ``units`` (this rank's pending ones)."""
+    """Render, run the teacher and write every unit in ``units`` (this rank's pending ones).
+
+    The batches are computed as the DataLoader asks for them (schedule.BatchSchedule), so the schedule
+    costs a few integers per unit rather than a row per view, whatever --epochs is."""
     t0 = time.perf_counter()
     if not units:
-        return BuildStats(0, 0, 0.0, 0.0, workers=cfg.workers)
-    items, batches = unit_batches(units, cfg.batch_size)
-    unit_of_item = np.repeat(np.arange(len(units)), [u.size // 2 for u in units])
+        return BuildStats(0, 0, 0.0, 0.0, workers=cfg.workers, device=cfg.device)
+    schedule = BatchSchedule(units, cfg.batch_size)
     loader = DataLoader(
-        BuildBatches(engine, [(int(items[b[0], 0]), items[b, 1]) for b in batches], stored),
+        BuildBatches(engine, schedule, stored),
         batch_size=None,
         num_workers=cfg.workers,
         collate_fn=keep_collated,
@@ -165,7 +209,7 @@ def run_units(
         prefetch_factor=4 if cfg.workers else None,
     )
     assembler = UnitAssembler(cfg.topk + cfg.tail() + cfg.draws_per_view(), engine.record_width, class_dtype)
-    total = int(items.shape[0]) * 2
+    total = schedule.views
     bar = tqdm(
         total=total,
         unit="view",
@@ -180,14 +224,16 @@ def run_units(
     done_units = 0
     views_done = 0
     shares: dict[str, str] = {}
+    eta = Eta(t0)
+    remedy = teacher_remedy(cfg.device)
     batches_iter = iter(loader)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdcache-writer") as pool:
-        for n, batch_idx in enumerate(batches, 1):
+        for n in range(1, len(schedule) + 1):
             tw = time.perf_counter()
             batch = next(batches_iter)  # blocks while the workers have no batch ready
             ts = time.perf_counter()
             wait_s += ts - tw
-            unit = units[int(unit_of_item[batch_idx[0]])]
+            unit = units[schedule.unit_position(n - 1)]
             # .cpu() of the results syncs the device, so the clock holds the forward
             if write_stats is None:
                 lp, cls = runner.topk(batch["images"], unit.epoch, batch["slots"])
@@ -210,17 +256,27 @@ def run_units(
                     pending.pop(0).result()
             bar.update(len(batch["slots"]))
             views_done += len(batch["slots"])
-            if n == ESTIMATE_AFTER_BATCHES and world.is_main and views_done < total:
-                line = eta_line(views_done, time.perf_counter() - t0, total - views_done)
-                tqdm.write(line, file=sys.stderr)
-            if n % REPORT_EVERY == 0 or n == len(batches):
-                feed = FeedTimes(time.perf_counter() - t0, wait_s, teacher_s)
-                shares = {"wait views": f"{feed.wait_share:.0%}", "teacher": f"{feed.work_share:.0%}"}
+            now = time.perf_counter()
+            last = n == len(schedule)
+            # The time left, from the first batch on (a short build shows one too), refined as it goes:
+            # on the bar's postfix, or without a bar as a log line at batches 1, 2, 4, ... then every LOG_EVERY.
+            estimate = ""
+            if world.is_main and not last and (cfg.progress or estimate_due(n)):
+                estimate = eta.line(now, views_done, total - views_done)
+                if not cfg.progress:
+                    print(f"build: {n}/{len(schedule)} batches; {estimate}", file=sys.stderr, flush=True)
+                else:
+                    shares["eta"] = eta.postfix(estimate)
+            if n % REPORT_EVERY == 0 or last:
+                feed = FeedTimes(now - t0, wait_s, teacher_s)
+                shares.update({"wait views": f"{feed.wait_share:.0%}", "teacher": f"{feed.work_share:.0%}"})
                 if not cfg.progress and n % LOG_EVERY == 0:  # no bar to read: a log line now and then
-                    report = feed_report(feed, cfg.workers, "teacher", TEACHER_REMEDY)
-                    print(f"build: {n}/{len(batches)} batches; {report}", file=sys.stderr, flush=True)
+                    report = feed_report(feed, cfg.workers, "teacher", remedy)
+                    print(f"build: {n}/{len(schedule)} batches; {report}", file=sys.stderr, flush=True)
+            if last:
+                shares.pop("eta", None)
             bar.set_postfix({"units": f"{done_units}/{len(units)}", **shares}, refresh=False)
         for f in pending:
             f.result()
     bar.close()
-    return BuildStats(total, len(units), time.perf_counter() - t0, teacher_s, wait_s, cfg.workers)
+    return BuildStats(total, len(units), time.perf_counter() - t0, teacher_s, wait_s, cfg.workers, cfg.device)

@@ -360,30 +360,31 @@ def plan_target(out: str, manifest: Manifest, epochs: int) -> Target:
     return Target(layer_storage(storage, lid).where(), manifest, layer=lid, views=storage.absolute())
 
 
-# Measured bytes per stored view (params, digest, top-10), docs/benchmarks.md; used to estimate a new
-# cache's size before anything is written.
-BYTES_PER_VIEW = {"zarr": 48.2, "wds": 81.8}
-# Format 2's tail, per class: a compressed class id and 4-bit code (zarr), raw int16 + uint8 (wds .npy).
-BYTES_PER_TAIL_CLASS = {"zarr": 1.3, "wds": 3.0}
-
-
 def plan_line(out: str, manifest: Manifest, cfg: BuildConfig, completed: set, world_size: int) -> str:
-    """What the build is about to do: views to compute and the bytes they will take."""
+    """What the build is about to do: views to compute and the bytes they will take. The bytes come from
+    the dry run's model of the writers (dry_run.estimate_bytes: a full unit's chunks or shard per view,
+    plus every unit's marker and fidelity stats, each new epoch's metadata and the files written once),
+    so a small cache's fixed overhead is counted, not only an ImageNet-sized unit's bytes per view."""
+    # dry_run imports this module (plan_target, PreparedBuild), so it is imported when a build starts.
+    from kdcache.teacher_cache.teacher_pass.dry_run import estimate_bytes, human_bytes, once_per_cache
+
     epochs = cfg.resolved_epochs()
     units = all_units(epochs, manifest.num_slots, manifest.unit_size)
     todo = [u for u in units if (u.epoch, u.index) not in completed]
     views = sum(u.size for u in todo)
-    per_view, basis = BYTES_PER_VIEW.get(manifest.backend, 64.0), f"measured {manifest.backend} B/view"
-    per_view += manifest.tail_classes * BYTES_PER_TAIL_CLASS.get(manifest.backend, 3.0)
-    if completed:  # an existing cache: its own bytes per view
-        with contextlib.suppress(Exception):
-            r = open_cache(out, allow_unfinished=True)
-            if r.num_views():
-                per_view, basis = r.bytes_on_disk() / r.num_views(), "this cache's B/view so far"
+    storage = _storage(out)
+    # The files written once that are not there yet ("more" is what the cache grows by: a rewritten
+    # manifest or fidelity summary replaces one of about its size).
+    fixed = tuple(n for n in once_per_cache(manifest.backend, storage.is_local) if not storage.exists(n))
+    new_epochs = len({u.epoch for u in todo} - {e for e, _ in completed})  # epochs whose metadata is not there
+    estimate = estimate_bytes(manifest, todo, new_epochs, fixed, epochs)
+    per_view = estimate.expected / views if views else 0.0
+    overhead = "; a small cache is mostly fixed overhead" if per_view > 2 * estimate.unit_bytes_per_view else ""
     return (
         f"build: {views:,} views to compute ({epochs} epoch(s) x {manifest.num_slots:,} slots, "
         f"{len(units) - len(todo)} of {len(units)} units already done) on {world_size} process(es); "
-        f"about {views * per_view / 1e6:,.1f} MB more at {per_view:.1f} B/view ({basis})"
+        f"about {human_bytes(estimate.expected)} more, {per_view:,.1f} B/view (a full unit's "
+        f"{estimate.unit_bytes_per_view:,.1f} B/view plus per-unit, per-epoch and per-cache files{overhead})"
     )
 
 
