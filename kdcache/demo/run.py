@@ -7,7 +7,10 @@ Output directory (``--out``)::
     cache/                               the cache, built once with the `digits` preset
     runs/seed<S>/<student>-<kd>/         kdcache train runs: metrics.jsonl, tb/, final.pt
     stages/*.json                        what each finished stage measured (reused on a rerun)
-    summary.json, summary.md             the table below, as data and as text
+    summary.json, summary.md             the table below, as data and as text; summary.md also holds the
+                                         per-seed table of docs/parity.md
+    demo.png                             training curves of none / cached / online and the first views
+                                         with captions (kdcache/demo/figure.py; needs matplotlib)
 
 A rerun with the same options reuses every finished stage (and says so); a stage whose options
 changed is redone. Every student of every seed reads the same cache: the views and the teacher's
@@ -117,6 +120,7 @@ class DemoSummary:
     add_teacher: dict[str, Any] = field(default_factory=dict)
     students: list[StudentRow] = field(default_factory=list)
     total_s: float = 0.0
+    picture: str = ""  # OUT/demo.png, where matplotlib drew it
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -331,8 +335,12 @@ def stage_student(
         return StudentRow(**{**saved["row"], "reused": True})
     shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or outdated run of the demo's own
     t0 = time.perf_counter()
-    # The run's start lines go under the stage's heading, so each block says which run it belongs to.
-    result = run_train(args, on_start=lambda lines: echo("\n".join("      " + line for line in lines))).result
+    # The run's start lines and epoch lines go under the stage's heading, so each block says which run it is.
+    result = run_train(
+        args,
+        on_start=lambda lines: echo("\n".join("      " + line for line in lines)),
+        on_epoch=lambda line: echo("      " + line),
+    ).result
     wall = time.perf_counter() - t0
     if result is None or not result.completed:
         raise RuntimeError(f"student run {run_dir} did not complete")
@@ -348,7 +356,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoSummar
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        n_stages = 5 + cfg.seeds * 5
+        n_stages = 6 + cfg.seeds * 5
         stage = 0
 
         def head(text: str) -> None:
@@ -401,14 +409,27 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoSummar
                 summary.students.append(row)
                 extra = f", teacher forward {row.teacher_s:.1f} s" if kd == "online" else ""
                 echo(
-                    f"      top-1 model {row.top1_model:.2f}% / EMA {row.top1_ema:.2f}% / averaged "
-                    f"{row.top1_final:.2f}% ({row.wall_s:.0f} s{extra}){' (reused)' if row.reused else ''}"
+                    f"      {run_name(row)} -> {row.out_dir}: top-1 model {row.top1_model:.2f}% / EMA "
+                    f"{row.top1_ema:.2f}% / averaged {row.top1_final:.2f}% ({row.wall_s:.0f} s{extra})"
+                    f"{' (reused)' if row.reused else ''}"
                 )
+        head("picture: training curves and the first views of the cache")
+        from kdcache.demo.figure import write_figure
+
+        picture = write_figure(cfg.out, summary.to_dict(), echo)
+        summary.picture = str(picture or "")
+        if picture is not None:
+            echo(f"      wrote {picture}")
         summary.total_s = time.perf_counter() - t_start
         write_summary(cfg.out, summary)
         return summary
     finally:
         torch.set_num_threads(threads)
+
+
+def run_name(r: StudentRow) -> str:
+    """The run a row of the table is: ``seed 0 test_resnet --kd cached [--teacher T1,T2]``."""
+    return f"seed {r.seed} {r.student} --kd {r.kd}" + (f" --teacher {r.teachers}" if r.teachers else "")
 
 
 def _reused(stage: dict[str, Any]) -> str:
@@ -455,7 +476,7 @@ def format_table(s: DemoSummary) -> str:
             f"{a['seconds']:>7.0f} {a['teacher_s']:>10.1f}",
         ]
     for r in s.students:
-        name = f"seed {r.seed} {r.student} --kd {r.kd}" + (f" --teacher {r.teachers}" if r.teachers else "")
+        name = run_name(r)
         lines.append(
             f"{name:<{W}} {r.top1_model:>11.2f} {r.top1_ema:>7.2f} {r.top1_final:>7.2f} {r.wall_s:>7.0f} "
             f"{(f'{r.teacher_s:.1f}' if r.kd == 'online' else '0'):>10}"
@@ -483,6 +504,8 @@ def format_table(s: DemoSummary) -> str:
             f"({len(online)} online run(s) here: {sum(r.teacher_s for r in online):.1f} s)"
         )
     lines += [
+        *([f"picture: {s.picture} (training curves, the first views of the cache)"] if s.picture else []),
+        f"per-seed table (docs/parity.md): {Path(cfg['out']) / 'summary.md'}",
         f"TensorBoard: tensorboard --logdir {Path(cfg['out']) / 'runs'}",
         f"cache: {b['cache']}  (kdcache info {b['cache']})",
         f"total demo wall time: {s.total_s:.0f} s",
