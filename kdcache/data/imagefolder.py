@@ -48,8 +48,8 @@ class ImageFolderSource:
         self._classes = classes
         self._paths = [f[0] for f in files]
         # Machine integers, not a Python int object per file (1.28M of them for ImageNet).
-        self._sizes = array("q", [f[1] for f in files])
-        self._labels = array("l", [f[2] for f in files])
+        self._sizes = array("q", map(itemgetter(1), files))
+        self._labels = array("l", map(itemgetter(2), files))
 
     @property
     def classes(self) -> list[str]:
