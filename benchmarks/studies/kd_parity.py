@@ -41,7 +41,9 @@ mean(target) - mean(teacher softmax) over the first V training views, V = 512 an
 the documented run): what the student is pulled towards on average, against the teacher. An unbiased
 target's figure falls as 1/sqrt(V); a biased one's stays. ``--bytes FILE`` (the JSON that
 ``label_fidelity.py --disk-views`` writes: B/view of a real zarr cache of these very training views per
-way) adds a B/view column.
+way) adds a B/view column. ``--results FILE`` keeps every (seed, way) run's figures (JSON lines, keyed by
+the settings and a hash of the training logits) and skips those already there: the runs are deterministic
+on a CPU, so an interrupted run resumes and several processes (say one per seed) can share the work.
 
     python benchmarks/studies/kd_parity.py [--seeds 3] [--steps 64] [--ways online,top10,v2,top100,none]
     python benchmarks/studies/kd_parity.py --ways online,top10,top5+draw32,labels,none [--bytes FILE.json]
@@ -226,6 +228,26 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, logits: np.ndarray) -> tup
     return 100 * agree, kl
 
 
+def run_key(args, train_logits: np.ndarray) -> str:
+    """What a run's figures depend on besides (seed, way): the settings and the training views' logits."""
+    import hashlib
+
+    settings = [args.student, args.px, args.steps, args.batch, args.lr, args.eval_views, args.threads]
+    digest = hashlib.blake2b(np.ascontiguousarray(train_logits).tobytes(), digest_size=8).hexdigest()
+    return json.dumps(settings) + f" logits {len(train_logits)} {digest}"
+
+
+def load_results(path: str | None, key: str) -> dict[tuple[int, str], dict[str, float]]:
+    """(seed, way) -> figures of runs kept in ``--results`` with the same key (others are ignored)."""
+    out: dict[tuple[int, str], dict[str, float]] = {}
+    if path and Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            row = json.loads(line)
+            if row.pop("key") == key:
+                out[row.pop("seed"), row.pop("way")] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train-views", type=int, default=1024)
@@ -241,6 +263,10 @@ def main() -> None:
     ap.add_argument("--ways", default="online,top10,top100,none")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bytes", help="JSON of label_fidelity.py --disk-json: B/view on disk per way (a column)")
+    ap.add_argument(
+        "--results", help="JSON lines: each (seed, way) run is appended; runs already there (same settings and "
+        "views) are not run again, so an interrupted run resumes and separate runs can share the work",
+    )  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     assert args.batch % 2 == 0
@@ -258,21 +284,25 @@ def main() -> None:
         f"held out: heldA = set A, view seed 3 ({n['heldA']}), heldB = set B, view seed 2 ({n['heldB']})",
         flush=True,
     )
+    key = run_key(args, tr["logits"])
     res: dict[str, list[dict[str, float]]] = {w: [] for w in ways}
     for seed in range(args.seed0, args.seed0 + args.seeds):
         for w in ways:
             t0 = time.perf_counter()
-            model = train(args, x, tr["y"], tr["lam"], tl[w], seed)
-            r = {}
-            for s, (xe, ze) in evals.items():
-                r[f"{s}_agree"], r[f"{s}_kl"] = evaluate(model, xe, ze)
+            done = load_results(args.results, key)  # read before each run: another process may have added it
+            if (seed, w) in done:
+                r, note = done[seed, w], f"from {args.results}"
+            else:
+                model = train(args, x, tr["y"], tr["lam"], tl[w], seed)
+                r = {}
+                for s, (xe, ze) in evals.items():
+                    r[f"{s}_agree"], r[f"{s}_kl"] = evaluate(model, xe, ze)
+                note = f"{time.perf_counter() - t0:.0f} s"
+                if args.results:
+                    with open(args.results, "a") as f:
+                        f.write(json.dumps({"key": key, "seed": seed, "way": w, **r}) + "\n")
             res[w].append(r)
-            print(
-                f"seed {seed} {w:7s} "
-                + " ".join(f"{k} {v:.3f}" for k, v in r.items())
-                + f"  {time.perf_counter() - t0:.0f} s",
-                flush=True,
-            )
+            print(f"seed {seed} {w:7s} " + " ".join(f"{k} {v:.3f}" for k, v in r.items()) + f"  {note}", flush=True)
 
     def ms(vals: list[float], fmt: str) -> str:
         v = np.asarray(vals)

@@ -54,12 +54,12 @@ def scheme_args(scheme: str) -> list[str]:
     m = re.fullmatch(r"top(\d+)(?:\+(tail|draw)(\d+))?", scheme)
     if not m:
         raise SystemExit(f"label_bias.py: unknown scheme {scheme!r}: topK, topK+tailM, topK+drawM or v2")
-    out = ["--topk", m[1]]
+    # The format is always named: without --format-version a 1000-class teacher gets format 3.
     if m[2] == "tail":
-        out += ["--format-version", "2", "--tail-classes", m[3]]
-    elif m[2] == "draw":
-        out += ["--format-version", "3", "--draws", m[3]]
-    return out
+        return ["--format-version", "2", "--topk", m[1], "--tail-classes", m[3]]
+    if m[2] == "draw":
+        return ["--format-version", "3", "--topk", m[1], "--draws", m[3]]
+    return ["--format-version", "1", "--topk", m[1]]
 
 
 def write_data(root: Path, crops: int, seed: int) -> int:
