@@ -299,7 +299,7 @@ def test_formats_do_not_mix_and_a_student_trains_from_draws(setup, v3_cache, tmp
 
 def test_the_default_scheme_follows_the_teachers_classes():
     """No --format-version: a teacher whose classes fit in the top-k stores them all exactly (format 1); a
-    larger one stores format 3's exact top-5 plus 32 draws. Explicit options keep their meaning, and the
+    larger one stores format 3's exact top-3 plus 40 draws. Explicit options keep their meaning, and the
     command the registry records spells the settled scheme out."""
     from kdcache.teacher_cache.teacher_pass.command import build_command
     from kdcache.teacher_cache.teacher_pass.config import BuildConfig
@@ -309,12 +309,12 @@ def test_the_default_scheme_follows_the_teachers_classes():
         return c.format_version, c.topk, c.tail(), c.draws_per_view()
 
     assert settled(10) == (1, 10, 0, 0) and settled(3) == (1, 3, 0, 0)
-    assert settled(1000) == (3, 5, 0, 32)
-    assert settled(1000, topk=20) == (3, 20, 0, 32) and settled(15, topk=20) == (1, 20, 0, 0)
+    assert settled(1000) == (3, 3, 0, 40)
+    assert settled(1000, topk=20) == (3, 20, 0, 40) and settled(15, topk=20) == (1, 20, 0, 0)
     assert settled(1000, format_version=1) == (1, 10, 0, 0)
-    assert settled(1000, tail_classes=5) == (2, 10, 5, 0) and settled(1000, draws=8) == (3, 5, 0, 8)
+    assert settled(1000, tail_classes=5) == (2, 10, 5, 0) and settled(1000, draws=8) == (3, 3, 0, 8)
     command = build_command(BuildConfig(teacher="t", data="d", epochs=1).for_classes(1000))
-    assert "--topk 5" in command and "--format-version 3 --draws 32" in command
+    assert "--topk 3" in command and "--format-version 3 --draws 40" in command
     assert "--topk" not in build_command(BuildConfig(teacher="t", data="d", epochs=1))  # unsettled: the build decides
 
 
@@ -323,4 +323,4 @@ def test_a_build_without_format_options_stores_draws_for_a_twenty_class_teacher(
     out = tmp_path / "auto"
     run_cli(*tiny_build(data, t1, out))  # tiny_build's --topk 3 of 20 classes, no format options
     m = open_cache(out).manifest
-    assert (m.format_version, m.topk, m.draws) == (3, 3, 32)
+    assert (m.format_version, m.topk, m.draws) == (3, 3, 40)

@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # the command's modules load lazily (kdcache/cli/main.py)
 @click.option(
     "--topk",
     type=click.IntRange(min=1),
-    help="Classes per view stored with their exact (fp16) probability [format 3: 5; formats 1 and 2: 10, or "
+    help="Classes per view stored with their exact (fp16) probability [format 3: 3; formats 1 and 2: 10, or "
     "every class of a teacher with fewer]. The rest of the mass is carried by format 3's draws, or spread "
     "evenly over the other classes (format 1; format 2 first stores a tail).",
 )
@@ -75,7 +75,7 @@ if TYPE_CHECKING:  # the command's modules load lazily (kdcache/cli/main.py)
 @click.option(
     "--draws",
     type=click.IntRange(min=1),
-    help="Format 3 only: systematic draws per view from the teacher's distribution outside the top-k [32].",
+    help="Format 3 only: systematic draws per view from the teacher's distribution outside the top-k [40].",
 )
 @click.option("--image-size", type=click.IntRange(8, 4096), help="View size in pixels [recipe: 224].")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1), help="Seed of every view.")
