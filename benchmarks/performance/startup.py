@@ -8,7 +8,7 @@ process's peak RSS from ``os.wait4``, launched from a small process):
 - scan: ``kdcache.data`` opens the folder as a source and computes its fingerprint (paths + sizes);
 - dry run: ``kdcache build --dry-run --assume-rate 1000`` (the recipe's 610 epochs);
 - build: ``kdcache build`` (610 epochs, a ``test_resnet`` teacher at random init saved with
-  ``kdcache.testing.fixtures.write_teacher``, ``--image-size 32``) until its first teacher batch: the
+  ``kdcache.testing.fixtures.write_teacher``, ``--image-size 32``, format 1 top-10) until its first teacher batch: the
   build prints ``build: 1/N batches; teacher: ... views/s`` after it (``--no-progress``), and is killed
   there with its workers;
 - train: ``kdcache train`` until its first optimiser step, from a registry cache of 1 complete epoch of
@@ -150,6 +150,9 @@ def main() -> None:
     kdcache = [sys.executable, "-m", "kdcache"]
     common = ["--teacher", "test_resnet", "--teacher-weights", str(weights), "--data", str(data)]
     common += ["--image-size", str(args.image_size), "--workers", str(args.workers)]
+    # The label scheme spelled out: the kept one-epoch cache is found again by its registry key only if
+    # the scheme is the same, whatever the default for a 1000-class teacher becomes.
+    common += ["--format-version", "1", "--topk", "10"]
 
     from kdcache.testing.process_probe import probe
 
