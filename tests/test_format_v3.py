@@ -298,9 +298,10 @@ def test_formats_do_not_mix_and_a_student_trains_from_draws(setup, v3_cache, tmp
 
 
 def test_the_default_scheme_follows_the_teachers_classes():
-    """No --format-version: a teacher whose classes fit in the top-k stores them all exactly (format 1); a
-    larger one stores format 3's exact top-3 plus 40 draws. Explicit options keep their meaning, and the
-    command the registry records spells the settled scheme out."""
+    """No --format-version or --topk: a teacher whose classes fit in the top-10 stores them all exactly
+    (format 1); a larger one stores format 3's exact top-3 plus 40 draws. Explicit options keep their
+    meaning (a --topk alone is format 1, as before format 3), and the command the registry records spells
+    the settled scheme out."""
     from kdcache.teacher_cache.teacher_pass.command import build_command
     from kdcache.teacher_cache.teacher_pass.config import BuildConfig
 
@@ -310,7 +311,7 @@ def test_the_default_scheme_follows_the_teachers_classes():
 
     assert settled(10) == (1, 10, 0, 0) and settled(3) == (1, 3, 0, 0)
     assert settled(1000) == (3, 3, 0, 40)
-    assert settled(1000, topk=20) == (3, 20, 0, 40) and settled(15, topk=20) == (1, 20, 0, 0)
+    assert settled(1000, topk=20) == (1, 20, 0, 0) and settled(15) == (3, 3, 0, 40)
     assert settled(1000, format_version=1) == (1, 10, 0, 0)
     assert settled(1000, tail_classes=5) == (2, 10, 5, 0) and settled(1000, draws=8) == (3, 3, 0, 8)
     command = build_command(BuildConfig(teacher="t", data="d", epochs=1).for_classes(1000))
@@ -321,6 +322,11 @@ def test_the_default_scheme_follows_the_teachers_classes():
 def test_a_build_without_format_options_stores_draws_for_a_twenty_class_teacher(setup, tmp_path):
     _, data, t1 = setup
     out = tmp_path / "auto"
-    run_cli(*tiny_build(data, t1, out))  # tiny_build's --topk 3 of 20 classes, no format options
+    args = tiny_build(data, t1, out)
+    i = args.index("--topk")
+    run_cli(*args[:i], *args[i + 2 :])  # no --topk and no format options: the teacher's 20 classes decide
     m = open_cache(out).manifest
     assert (m.format_version, m.topk, m.draws) == (3, 3, 40)
+    old = tmp_path / "old"
+    run_cli(*tiny_build(data, t1, old))  # a --topk alone: format 1, as recorded commands of older caches mean
+    assert (open_cache(old).manifest.format_version, open_cache(old).manifest.topk) == (1, 3)

@@ -62,7 +62,8 @@ if TYPE_CHECKING:  # the command's modules load lazily (kdcache/cli/main.py)
 @click.option(
     "--format-version",
     type=click.IntRange(1, 3),
-    help="Cache format [a teacher whose classes fit in the top-k: 1, storing every class exactly; else 3]. "
+    help="Cache format [without --topk: 1 storing every class for a teacher of up to 10 classes, else 3; "
+    "with --topk alone: 1, as before format 3]. "
     "1: the top-k, the rest spread evenly (biased at 1000 classes). 2 adds a tail: the next --tail-classes "
     "classes with 4-bit log-probs. 3 adds --draws classes drawn from the rest of the teacher's distribution: "
     "unbiased, they average to the teacher (docs/cache-format.md; docs/parity.md for the students they train).",

@@ -31,7 +31,8 @@ class BuildConfig:
     epochs: int | None = None  # None: the recipe's training epochs (a student should not cycle a short cache)
     repeats: int | None = None  # None: the recipe's
     # None: chosen for the teacher (for_classes): every class exactly where they fit in DEFAULT_TOPK,
-    # else format 3's DEFAULT_DRAW_TOPK + DEFAULT_DRAWS draws; formats 1 and 2 default to DEFAULT_TOPK.
+    # else format 3's DEFAULT_DRAW_TOPK + DEFAULT_DRAWS draws; formats 1 and 2 default to DEFAULT_TOPK,
+    # and a --topk without a format means format 1 (what it meant before format 3).
     topk: int | None = None
     format_version: int | None = None  # 1: top-k; 2: plus a 4-bit tail (store/labels.py); 3: plus draws
     tail_classes: int | None = None  # format 2's tail; None: DEFAULT_TAIL_CLASSES
@@ -116,13 +117,14 @@ class BuildConfig:
     def for_classes(self, num_classes: int) -> BuildConfig:
         """This config with its label scheme settled for a teacher of ``num_classes`` classes.
 
-        Without --format-version (or --tail-classes / --draws), a teacher whose classes all fit in the top-k
-        (--topk, or DEFAULT_TOPK) stores every class exactly (format 1); a larger one stores format 3's
-        exact top-k plus draws, which average to the teacher (docs/cache-format.md, docs/parity.md).
+        Without --format-version (or --tail-classes / --draws) and --topk, a teacher whose classes all fit in
+        DEFAULT_TOPK stores every class exactly (format 1); a larger one stores format 3's exact top-k plus
+        draws, which average to the teacher (docs/cache-format.md, docs/parity.md). A --topk alone keeps
+        its meaning from before format 3 (format 1), so recorded build commands still build the same cache.
         """
         version = self.implied_format()
         if version is None:
-            version = 1 if num_classes <= (self.topk or DEFAULT_TOPK) else 3
+            version = 3 if self.topk is None and num_classes > DEFAULT_TOPK else 1
         topk = self.topk
         if topk is None:
             topk = DEFAULT_DRAW_TOPK if version == 3 else min(DEFAULT_TOPK, num_classes)
