@@ -14,8 +14,6 @@ from PIL import Image, UnidentifiedImageError
 from kdcache.data.source import DataSourceError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-# Files per sha256 update of the fingerprint: one encode and one update per chunk, not per file.
-_FINGERPRINT_CHUNK = 65536
 
 
 class ImageFolderSource:
@@ -57,11 +55,9 @@ class ImageFolderSource:
 
     @cached_property
     def fingerprint(self) -> str:
-        h = hashlib.sha256()  # over "path\tsize\n" of every file, in order; chunked, the same bytes
-        paths, sizes = self._paths, self._sizes
-        for i in range(0, len(paths), _FINGERPRINT_CHUNK):
-            part = zip(paths[i : i + _FINGERPRINT_CHUNK], sizes[i : i + _FINGERPRINT_CHUNK], strict=True)
-            h.update("".join(f"{path}\t{size}\n" for path, size in part).encode())
+        h = hashlib.sha256()
+        for path, size in zip(self._paths, self._sizes, strict=True):
+            h.update(f"{path}\t{size}\n".encode())
         return h.hexdigest()
 
     def __len__(self) -> int:
