@@ -31,7 +31,7 @@ kdcache.Cache.path
 kdcache.Cache.recipe(self, config: str | None = None, *, student: str | None = None, epochs: int | None = None, global_batch: int | None = None, lr: float | None = None) -> Recipe
 kdcache.Cache.teachers
 kdcache.Cache.views_per_epoch
-kdcache.CacheLoader(cache: Cache, epoch: int, global_batch: int, *, rank: int | None = None, world_size: int | None = None, teacher: str | None = None, workers: int = 2, pin_memory: bool = False, device: str = cpu, normalize_for: nn.Module | None = None, allow_epoch_reuse: bool = False)
+kdcache.CacheLoader(cache: CacheLike, epoch: int, global_batch: int, *, rank: int | None = None, world_size: int | None = None, teacher: str | None = None, workers: int = 2, pin_memory: bool = False, device: str = cpu, normalize_for: nn.Module | None = None, allow_epoch_reuse: bool = False)
 kdcache.CacheLoader.__iter__(self) -> Iterator[Batch]
 kdcache.CacheLoader.__len__(self) -> int
 kdcache.KDLoss(num_classes: int, kd_weight: float = 0.8, ce_weight: float = 0.2, temperature: float = 1.0, label_smoothing: float = 0.1)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdcache.api.loader import CacheLoader
 from kdcache.recipe import Recipe
 from kdcache.student.args import TrainArgs, resolve_recipe
 from kdcache.student.teachers import cache_teachers
@@ -13,8 +14,6 @@ from kdcache.teacher_cache.store import CacheReader, Manifest
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from kdcache.api.loader import CacheLoader
 
 
 @dataclass(frozen=True)
@@ -128,8 +127,6 @@ class Cache:
         Epochs past the cached ones cycle through them (a fresh pair order each pass) only with
         ``allow_epoch_reuse``. Every rendered view's digest is checked against the stored one.
         """
-        from kdcache.api.loader import CacheLoader
-
         return CacheLoader(
             self,
             epoch,

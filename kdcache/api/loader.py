@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -20,8 +20,6 @@ from kdcache.views.replay import open_replay
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from kdcache.api.cache import Cache
 
 
 @dataclass(frozen=True)
@@ -56,13 +54,20 @@ class Batch:
         return Batch(move(self.images), move(self.y_a), move(self.y_b), move(self.lam), target, move(self.slots))
 
 
+class CacheLike(Protocol):
+    """What a loader reads from a :class:`kdcache.Cache`: its reader, and where the images are."""
+
+    reader: Any
+    data: str | None
+
+
 class CacheLoader:
     """Iterates over this process's :class:`Batch` es of one student epoch; ``len()`` is the steps per epoch.
     Get one from :meth:`kdcache.Cache.loader`, which documents the arguments."""
 
     def __init__(
         self,
-        cache: Cache,
+        cache: CacheLike,
         epoch: int,
         global_batch: int,
         *,
